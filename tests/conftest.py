@@ -1,0 +1,96 @@
+"""Fixtures: a real Redis (flushed per test), the FunnelFox simulator, a webhook receiver."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+
+import pytest
+import redis
+from worker.sim.receiver import DEMO_WEBHOOK_SECRET, WebhookReceiver
+
+from worker.sim.funnelfox import FunnelFoxSimulator
+from worker.sim.redis_server import EmbeddedRedis, redis_reachable
+
+FOX_SECRET = "secret_test_0123456789"
+TEST_DB = 9  # a database of its own, so the tests never touch a user's data in db 0
+
+
+@pytest.fixture(scope="session")
+def redis_server_url() -> Iterator[str]:
+    """REDIS_URL's server if it answers (db 9), else an embedded redis-server."""
+    base = (
+        os.environ.get("TEST_REDIS_URL") or os.environ.get("REDIS_URL") or "redis://127.0.0.1:6379"
+    )
+    base = base.rsplit("/", 1)[0] if base.count("/") > 2 else base
+    if redis_reachable(f"{base}/{TEST_DB}"):
+        yield f"{base}/{TEST_DB}"
+        return
+    with EmbeddedRedis() as embedded:
+        yield embedded.url.rsplit("/", 1)[0] + f"/{TEST_DB}"
+
+
+@pytest.fixture
+def redis_url(redis_server_url: str) -> Iterator[str]:
+    """A clean database for one test."""
+    client = redis.Redis.from_url(redis_server_url)
+    client.flushdb()
+    yield redis_server_url
+    client.flushdb()
+    client.close()
+
+
+@pytest.fixture
+def redis_client(redis_url: str) -> Iterator[redis.Redis]:
+    """A synchronous client on the test's database."""
+    client = redis.Redis.from_url(redis_url)
+    yield client
+    client.close()
+
+
+@pytest.fixture
+def simulator() -> Iterator[FunnelFoxSimulator]:
+    """The FunnelFox simulator on a free port."""
+    sim = FunnelFoxSimulator(secret=FOX_SECRET)
+    sim.start()
+    yield sim
+    sim.stop()
+
+
+@pytest.fixture
+def receiver() -> Iterator[WebhookReceiver]:
+    """A Standard Webhooks receiver on a free port."""
+    recv = WebhookReceiver(secret=DEMO_WEBHOOK_SECRET)
+    recv.start()
+    yield recv
+    recv.stop()
+
+
+@pytest.fixture
+def worker_env(
+    redis_url: str, simulator: FunnelFoxSimulator, receiver: WebhookReceiver
+) -> dict[str, str]:
+    """Environment for worker and CLI processes: both sinks on, tiny retry delays."""
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(
+            ("FUNNELFOX_", "WEBHOOK_", "RETRY_", "OUTPUT_", "WORKER_", "REDIS_", "VISIBILITY_")
+        )
+    }
+    env.update(
+        REDIS_URL=redis_url,
+        FUNNELFOX_API_URL=simulator.base_url,
+        FUNNELFOX_SECRET=FOX_SECRET,
+        FUNNELFOX_TIMEOUT_S="2",
+        WEBHOOK_URL=receiver.url,
+        WEBHOOK_SECRET=DEMO_WEBHOOK_SECRET,
+        WEBHOOK_TIMEOUT_S="2",
+        OUTPUT_STREAM="test:enriched",
+        RETRY_BACKOFF_BASE_S="0.05",
+        RETRY_BACKOFF_MAX_S="0.5",
+        RETRY_MAX_ATTEMPTS="4",
+        WORKER_BATCH_SIZE="10",
+        PYTHONUNBUFFERED="1",
+    )
+    return env

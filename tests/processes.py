@@ -1,0 +1,128 @@
+"""Real worker processes for integration tests: started as the Procfile starts them."""
+
+from __future__ import annotations
+
+import os
+import shlex
+import signal
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Callable, Mapping
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def procfile_command(name: str) -> list[str]:
+    """The command of one Procfile line, split as a shell would."""
+    for line in (ROOT / "Procfile").read_text().splitlines():
+        key, _, command = line.partition(":")
+        if key.strip() == name:
+            return shlex.split(command)
+    raise KeyError(f"no {name}: line in the Procfile")
+
+
+def wait_until(condition: Callable[[], bool], timeout_s: float, interval_s: float = 0.05) -> bool:
+    """Poll ``condition`` until it holds or the deadline passes; never a bare sleep."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        if condition():
+            return True
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(interval_s)
+
+
+class Process:
+    """A child process whose combined output is collected as it runs."""
+
+    def __init__(self, command: list[str], env: Mapping[str, str], *, name: str) -> None:
+        self.name = name
+        self.command = command
+        self._lines: list[str] = []
+        self._lock = threading.Lock()
+        self.popen = subprocess.Popen(
+            command,
+            cwd=ROOT,
+            env=dict(env),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            bufsize=1,
+            start_new_session=True,
+        )
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        assert self.popen.stdout is not None
+        for line in self.popen.stdout:
+            with self._lock:
+                self._lines.append(line)
+
+    @property
+    def output(self) -> str:
+        """Everything the process printed so far."""
+        with self._lock:
+            return "".join(self._lines)
+
+    def wait_for_output(self, text: str, timeout_s: float) -> bool:
+        """Wait until ``text`` appears in the output, or the process ends."""
+        return (
+            wait_until(lambda: text in self.output or self.popen.poll() is not None, timeout_s)
+            and text in self.output
+        )
+
+    def signal(self, signum: int) -> None:
+        """Send a signal to the process and its children (its own session)."""
+        if self.popen.poll() is None:
+            os.killpg(self.popen.pid, signum)
+
+    def stop(self, timeout_s: float = 20.0) -> int:
+        """SIGTERM, then SIGKILL if it does not end in time; returns the exit status."""
+        if self.popen.poll() is None:
+            self.signal(signal.SIGTERM)
+            try:
+                self.popen.wait(timeout_s)
+            except subprocess.TimeoutExpired:
+                self.signal(signal.SIGKILL)
+                self.popen.wait(10)
+        self._reader.join(5)
+        return self.popen.returncode
+
+    def kill(self) -> None:
+        """SIGKILL the whole process group: nothing gets to clean up."""
+        self.signal(signal.SIGKILL)
+        self.popen.wait(10)
+        self._reader.join(5)
+
+
+def start_worker(env: Mapping[str, str], *, extra_args: list[str] | None = None) -> Process:
+    """The Procfile's worker: line, with a unique node name, waiting until it is ready."""
+    command = procfile_command("worker")
+    command[0] = str(Path(sys.executable).with_name(command[0]))
+    command += ["-n", f"test-{uuid.uuid4().hex[:8]}@%h", *(extra_args or [])]
+    process = Process(command, env, name="worker")
+    if not process.wait_for_output(" ready.", timeout_s=60):
+        process.stop()
+        raise RuntimeError(f"worker did not start:\n{process.output}")
+    return process
+
+
+def run_cli(
+    args: list[str], env: Mapping[str, str], *, stdin: str | None = None, timeout_s: float = 60
+) -> subprocess.CompletedProcess[str]:
+    """``python -m worker ARGS`` in a child process."""
+    return subprocess.run(
+        [sys.executable, "-m", "worker", *args],
+        cwd=ROOT,
+        env=dict(env),
+        input=stdin,
+        capture_output=True,
+        text=True,
+        timeout=timeout_s,
+        check=False,
+    )

@@ -1,0 +1,109 @@
+"""The dead-letter store: every session that will not be delivered, with the reason why.
+
+One Redis hash (``ffe:dlq``) of JSON records keyed ``<stage>|<session id>``, so a session
+that failed at two sinks has two records; payloads built before a failed delivery are kept
+beside them (``ffe:dlq:payload``) so a replay re-sends them without fetching again.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterable, Sequence
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import orjson
+import redis.asyncio as aioredis
+from redis.typing import EncodableT, FieldT
+
+from worker.state import PREFIX
+
+RECORDS_KEY = f"{PREFIX}dlq"
+PAYLOADS_KEY = f"{PREFIX}dlq:payload"
+
+
+@dataclass(frozen=True)
+class DeadLetter:
+    """Why one session stopped at one stage."""
+
+    session_id: str
+    stage: str  # fetch, validate, deliver:<sink>
+    reason: str  # short stable code: not_found, invalid_payload, gone, retries_exhausted …
+    error: str
+    attempts: int
+    first_seen_at: float
+    failed_at: float
+    trigger: dict[str, Any] | None = None
+
+    @property
+    def key(self) -> str:
+        """The record's field in the hash."""
+        return record_key(self.stage, self.session_id)
+
+    def to_json(self) -> bytes:
+        """The record as one JSON object."""
+        return orjson.dumps(asdict(self))
+
+    @classmethod
+    def from_json(cls, raw: bytes | str) -> DeadLetter:
+        """Read a record written by ``to_json``."""
+        return cls(**orjson.loads(raw))
+
+
+def record_key(stage: str, session_id: str) -> str:
+    """The hash field of one session's record for one stage."""
+    return f"{stage}|{session_id}"
+
+
+class DeadLetters:
+    """The dead-letter store, shared by every worker and the CLI."""
+
+    def __init__(self, redis: aioredis.Redis) -> None:
+        self._redis = redis
+
+    async def add(
+        self, letters: Sequence[DeadLetter], payloads: Sequence[bytes | None] = ()
+    ) -> None:
+        """Store records (and the payloads of failed deliveries) in one round trip."""
+        if not letters:
+            return
+        async with self._redis.pipeline(transaction=True) as pipe:
+            records: dict[FieldT, EncodableT] = {letter.key: letter.to_json() for letter in letters}
+            pipe.hset(RECORDS_KEY, mapping=records)
+            kept: dict[FieldT, EncodableT] = {
+                letter.key: payload
+                for letter, payload in zip(letters, payloads, strict=False)
+                if payload is not None
+            }
+            if kept:
+                pipe.hset(PAYLOADS_KEY, mapping=kept)
+            await pipe.execute()
+
+    async def scan(self) -> AsyncIterator[DeadLetter]:
+        """Every record, without loading the whole store at once."""
+        async for _field, raw in self._redis.hscan_iter(RECORDS_KEY, count=500):
+            yield DeadLetter.from_json(raw)
+
+    async def find(self, session_ids: Iterable[str]) -> list[DeadLetter]:
+        """The records of these sessions, at any stage."""
+        wanted = set(session_ids)
+        return [letter async for letter in self.scan() if letter.session_id in wanted]
+
+    async def payload(self, letter: DeadLetter) -> bytes | None:
+        """The payload kept for a failed delivery, if any."""
+        value = await self._redis.hget(PAYLOADS_KEY, letter.key)
+        return value if isinstance(value, bytes) else None
+
+    async def remove(self, letters: Sequence[DeadLetter]) -> int:
+        """Delete records and their payloads; returns how many records went."""
+        if not letters:
+            return 0
+        keys = [letter.key for letter in letters]
+        async with self._redis.pipeline(transaction=True) as pipe:
+            pipe.hdel(RECORDS_KEY, *keys)
+            pipe.hdel(PAYLOADS_KEY, *keys)
+            removed, _ = await pipe.execute()
+        return int(removed)
+
+    async def count(self) -> int:
+        """How many records the store holds."""
+        return int(await self._redis.hlen(RECORDS_KEY))

@@ -1,0 +1,59 @@
+"""Fetch stage: ``GET /sessions/{id}`` from FunnelFox's Public API."""
+
+from __future__ import annotations
+
+import httpx
+from pydantic import SecretStr
+
+from worker import errors
+from worker.http import excerpt, parse_retry_after, translate_transport_error
+from worker.ids import check_session_id
+
+# What public FunnelFox clients retry (FACTS.md), plus 425 Too Early; 524 is Cloudflare's timeout.
+RETRYABLE_STATUSES = frozenset({408, 425, 429, 500, 502, 503, 504, 524})
+
+
+class FunnelFoxClient:
+    """Reads sessions with the project's secret over a shared, pooled client."""
+
+    def __init__(self, http: httpx.AsyncClient, *, api_url: str, secret: SecretStr) -> None:
+        self._http = http
+        self._api_url = api_url.rstrip("/")
+        self._headers = {"Fox-Secret": secret.get_secret_value(), "Accept": "application/json"}
+
+    async def get_session(self, session_id: str) -> bytes:
+        """The session's JSON body, or a classified StageError."""
+        check_session_id(session_id)
+        try:
+            response = await self._http.get(
+                f"{self._api_url}/sessions/{session_id}", headers=self._headers
+            )
+        except httpx.HTTPError as exc:
+            raise translate_transport_error(
+                exc, unavailable=errors.UpstreamUnavailable, rejected=errors.UpstreamRejected
+            ) from exc
+        except Exception as exc:  # aiohttp errors the transport does not map
+            raise translate_transport_error(
+                exc, unavailable=errors.UpstreamUnavailable, rejected=errors.UpstreamRejected
+            ) from exc
+        if response.is_success:
+            return response.content
+        raise status_error(response, session_id)
+
+
+def status_error(response: httpx.Response, session_id: str) -> errors.StageError:
+    """Classify a non-2xx answer from FunnelFox."""
+    status = response.status_code
+    message = f"FunnelFox answered {status} for session {session_id}"
+    body = excerpt(response.text) if response.content else ""
+    if body:
+        message += f": {body}"
+    if status in (401, 403):
+        return errors.UpstreamAuthFailed(message + " (check FUNNELFOX_SECRET)")
+    if status == 404:
+        return errors.SessionNotFound(message)
+    if status in RETRYABLE_STATUSES or status >= 500:
+        retry_after = parse_retry_after(response.headers.get("retry-after"))
+        return errors.UpstreamUnavailable(message, retry_after_s=retry_after)
+    # 400, 422, other 4xx, and 3xx: redirects are never followed for an API call.
+    return errors.UpstreamRejected(message)

@@ -1,0 +1,207 @@
+"""The stages wired together for a batch of sessions: fetch → validate → enrich → deliver.
+
+Plain async code that knows nothing of Celery: it decides each session's fate (go on,
+try again after a delay, or dead-letter) and the task layer only carries those decisions.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
+
+from worker.deadletters import DeadLetter, DeadLetters
+from worker.enrich import enrich
+from worker.errors import EnricherError, InvalidPayload, Retryable, StageError, UpstreamAuthFailed
+from worker.fetch import FunnelFoxClient
+from worker.payload import build_payload
+from worker.retry import RetryPolicy
+from worker.sinks.base import Delivery, Sink
+from worker.state import DeliveryState
+from worker.validate import parse_session
+from worker.work import Work
+
+log = logging.getLogger("worker.pipeline")
+
+
+@dataclass
+class StageResult:
+    """What the task layer must do after a stage ran over a batch."""
+
+    deliveries: dict[str, list[Work]] = field(default_factory=dict)
+    retries: list[tuple[Work, float]] = field(default_factory=list)
+    dead: list[DeadLetter] = field(default_factory=list)
+    done: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Pipeline:
+    """Everything a batch needs, built once per worker process and handed in."""
+
+    funnelfox: FunnelFoxClient
+    sinks: Mapping[str, Sink]
+    state: DeliveryState
+    dead_letters: DeadLetters
+    policy: RetryPolicy
+    claim_wait_s: float = 5.0
+    scrub: Callable[[str], str] = str
+    now: Callable[[], datetime] = lambda: datetime.now(UTC)
+    _auth_warned: bool = False
+
+    async def fetch(self, batch: Sequence[Work]) -> StageResult:
+        """Fetch, validate and enrich each session; queue its payload for every pending sink."""
+        result = StageResult()
+        pending = await self.state.pending_sinks([w.session_id for w in batch], list(self.sinks))
+        todo = [(work, sinks) for work, sinks in zip(batch, pending, strict=True) if sinks]
+        result.skipped = [
+            w.session_id for w, sinks in zip(batch, pending, strict=True) if not sinks
+        ]
+        for session_id in result.skipped:
+            log.info("already delivered to every sink", extra={"session_id": session_id})
+        bodies = await asyncio.gather(
+            *(self._fetch_one(work) for work, _ in todo), return_exceptions=True
+        )
+        payloads: list[bytes | None] = []
+        for (work, sinks), body in zip(todo, bodies, strict=True):
+            if isinstance(body, BaseException):
+                self._failed(result, work, "fetch", body, payloads)
+                continue
+            try:
+                raw, session = parse_session(body, work.session_id)
+            except InvalidPayload as exc:
+                self._failed(result, work, "validate", exc, payloads)
+                continue
+            payload = build_payload(raw, enrich(session), work.trigger, self.now())
+            for sink in sinks:
+                fresh = Work(work.session_id, 0, work.first_seen_at, work.trigger, payload)
+                result.deliveries.setdefault(sink, []).append(fresh)
+            result.done.append(work.session_id)
+        await self.dead_letters.add(result.dead, payloads)
+        return result
+
+    async def deliver(self, sink_name: str, batch: Sequence[Work]) -> StageResult:
+        """Deliver built payloads to one sink, each session at most once while its record lives."""
+        result = StageResult()
+        stage = f"deliver:{sink_name}"
+        payloads: list[bytes | None] = []
+        sink = self.sinks.get(sink_name)
+        if sink is None:
+            error = StageError(f"sink {sink_name!r} is not configured in this worker")
+            for work in batch:
+                self._dead(
+                    result,
+                    replace(work, attempts=work.attempts),
+                    stage,
+                    "sink_disabled",
+                    error,
+                    payloads,
+                )
+            await self.dead_letters.add(result.dead, payloads)
+            return result
+        states = await self.state.claim(sink_name, [w.session_id for w in batch])
+        claimed = [w for w, s in zip(batch, states, strict=True) if s == "claimed"]
+        for work, state in zip(batch, states, strict=True):
+            if state == "delivered":
+                result.skipped.append(work.session_id)
+            elif state == "busy":
+                # Another worker is delivering it right now; look again once its lease ends.
+                result.retries.append((work, self.claim_wait_s))
+        started = time.perf_counter()
+        outcomes = await sink.deliver([Delivery(w.session_id, w.payload or b"") for w in claimed])
+        elapsed = time.perf_counter() - started
+        released = []
+        for work, outcome in zip(claimed, outcomes, strict=True):
+            if outcome is None:
+                result.done.append(work.session_id)
+                log.debug(
+                    "delivered",
+                    extra={
+                        "session_id": work.session_id,
+                        "stage": stage,
+                        "attempt": work.attempts + 1,
+                        "duration_s": round(elapsed, 4),
+                    },
+                )
+            else:
+                released.append(work.session_id)
+                self._failed(result, work, stage, outcome, payloads)
+        await self.state.settle(sink_name, result.done, released)
+        await self.dead_letters.add(result.dead, payloads)
+        return result
+
+    async def _fetch_one(self, work: Work) -> bytes:
+        return await self.funnelfox.get_session(work.session_id)
+
+    def _failed(
+        self,
+        result: StageResult,
+        work: Work,
+        stage: str,
+        error: BaseException,
+        payloads: list[bytes | None],
+    ) -> None:
+        """Schedule another attempt, or dead-letter: the one place that decides."""
+        if not isinstance(error, EnricherError):
+            # A bug or an unmapped library error: keep the session, and say so loudly.
+            log.error("unexpected error", exc_info=error, extra={"session_id": work.session_id})
+            error = Retryable(f"unexpected {type(error).__name__}: {error}")
+        attempt = work.retried()
+        if isinstance(error, UpstreamAuthFailed) and not self._auth_warned:
+            self._auth_warned = True
+            log.error(
+                "FunnelFox refused FUNNELFOX_SECRET (401/403): every fetch will fail "
+                "until it is fixed; sessions are retried, then dead-lettered"
+            )
+        if isinstance(error, Retryable) and self.policy.can_retry(attempt.attempts):
+            delay = self.policy.delay_s(attempt.attempts, error.retry_after_s)
+            result.retries.append((attempt, delay))
+            log.info(
+                "will retry",
+                extra={
+                    "session_id": work.session_id,
+                    "stage": stage,
+                    "attempt": attempt.attempts,
+                    "outcome": error.reason,
+                    "delay_s": round(delay, 3),
+                    "error": self.scrub(str(error)),
+                },
+            )
+            return
+        reason = error.exhausted_reason if isinstance(error, Retryable) else error.reason
+        self._dead(result, attempt, stage, reason, error, payloads)
+
+    def _dead(
+        self,
+        result: StageResult,
+        work: Work,
+        stage: str,
+        reason: str,
+        error: BaseException,
+        payloads: list[bytes | None],
+    ) -> None:
+        letter = DeadLetter(
+            session_id=work.session_id,
+            stage=stage,
+            reason=reason,
+            error=self.scrub(str(error)),
+            attempts=work.attempts,
+            first_seen_at=work.first_seen_at,
+            failed_at=time.time(),
+            trigger=work.trigger,
+        )
+        result.dead.append(letter)
+        payloads.append(work.payload)
+        log.warning(
+            "dead-lettered",
+            extra={
+                "session_id": work.session_id,
+                "stage": stage,
+                "attempt": work.attempts,
+                "outcome": reason,
+                "error": letter.error,
+            },
+        )

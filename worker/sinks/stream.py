@@ -1,0 +1,47 @@
+"""Redis stream sink: XADD each payload to OUTPUT_STREAM, capped in length."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import redis.asyncio as aioredis
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import RedisError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from worker import errors
+from worker.sinks.base import Delivery, Sink
+
+
+class StreamSink(Sink):
+    """Appends ``{session_id, payload}`` entries; one pipelined round trip per batch."""
+
+    name = "stream"
+
+    def __init__(self, redis: aioredis.Redis, *, stream: str, maxlen: int) -> None:
+        self._redis = redis
+        self._stream = stream
+        self._maxlen = maxlen
+
+    async def deliver(self, deliveries: Sequence[Delivery]) -> list[errors.StageError | None]:
+        """XADD every payload in one pipeline; a failed command fails only its item."""
+        try:
+            async with self._redis.pipeline(transaction=False) as pipe:
+                for delivery in deliveries:
+                    # approximate=True lets Redis trim whole macro nodes: cheap, and still bounded.
+                    pipe.xadd(
+                        self._stream,
+                        {"session_id": delivery.session_id, "payload": delivery.payload},
+                        maxlen=self._maxlen,
+                        approximate=True,
+                    )
+                results = await pipe.execute(raise_on_error=False)
+        except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
+            failure = errors.SinkUnavailable(f"redis stream unavailable: {type(exc).__name__}")
+            return [failure] * len(deliveries)
+        return [
+            errors.SinkUnavailable(f"XADD failed: {result}")
+            if isinstance(result, RedisError)
+            else None
+            for result in results
+        ]

@@ -1,0 +1,77 @@
+"""Webhook sink: a signed POST per session, in the Standard Webhooks format."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+from collections.abc import Sequence
+from datetime import UTC, datetime
+
+import httpx
+from pydantic import SecretStr
+from standardwebhooks.webhooks import Webhook
+
+from worker import errors
+from worker.http import excerpt, parse_retry_after, translate_transport_error
+from worker.sinks.base import Delivery, Sink
+
+
+class WebhookSink(Sink):
+    """POSTs each payload to WEBHOOK_URL with ``webhook-id/-timestamp/-signature`` headers."""
+
+    name = "webhook"
+
+    def __init__(self, http: httpx.AsyncClient, *, url: str, secret: SecretStr) -> None:
+        self._http = http
+        self._url = url
+        self._signer = Webhook(secret.get_secret_value())
+
+    def message_id(self, session_id: str) -> str:
+        """Stable per session and destination, so a receiver can drop repeats of a retry."""
+        digest = hashlib.sha256(f"{self._url}\n{session_id}".encode()).hexdigest()
+        return f"msg_{digest[:32]}"
+
+    def headers(self, session_id: str, payload: bytes, now: datetime) -> dict[str, str]:
+        """The signed headers for one attempt; the timestamp is the attempt's own."""
+        message_id = self.message_id(session_id)
+        signature = self._signer.sign(message_id, now, payload.decode())
+        return {
+            "content-type": "application/json",
+            "webhook-id": message_id,
+            "webhook-timestamp": str(int(now.timestamp())),
+            "webhook-signature": signature,
+        }
+
+    async def deliver(self, deliveries: Sequence[Delivery]) -> list[errors.StageError | None]:
+        """POST every payload concurrently."""
+        return list(await asyncio.gather(*(self._post(d) for d in deliveries)))
+
+    async def _post(self, delivery: Delivery) -> errors.StageError | None:
+        headers = self.headers(delivery.session_id, delivery.payload, datetime.now(UTC))
+        try:
+            response = await self._http.post(self._url, content=delivery.payload, headers=headers)
+        except Exception as exc:  # translated at this boundary, nowhere else
+            return translate_transport_error(
+                exc, unavailable=errors.SinkUnavailable, rejected=errors.SinkRejected
+            )
+        if response.is_success:
+            return None
+        return status_error(response)
+
+
+def status_error(response: httpx.Response) -> errors.StageError:
+    """Classify a receiver's non-2xx answer."""
+    status = response.status_code
+    message = f"webhook answered {status}"
+    body = excerpt(response.text) if response.content else ""
+    if body:
+        message += f": {body}"
+    if status == 410:
+        return errors.SinkGone(message)
+    if status in (408, 429) or status >= 500:
+        retry_after = parse_retry_after(response.headers.get("retry-after"))
+        return errors.SinkUnavailable(message, retry_after_s=retry_after)
+    if 300 <= status < 400:
+        # Following a redirect would send a signed payload somewhere the user never configured.
+        return errors.SinkRejected(f"{message} (redirect not followed; fix WEBHOOK_URL)")
+    return errors.SinkRejected(message)
