@@ -35,8 +35,9 @@ class Attributes(_Kept):
     """What FunnelFox knows about where and how the session ran; any field may be absent."""
 
     city: str | None = None
-    # The spec types it as a string; its example shows a list. FACTS.md: a string in practice.
-    country: str | None = None
+    # The spec types it as a string but its example shows a list; FACTS.md: a string in
+    # practice. Both are accepted so the example's form never costs a session.
+    country: str | list[str] | None = None
     ip: str | None = None
     postal_code: str | None = None
     region_code: str | None = None
@@ -50,7 +51,8 @@ class Session(_Kept):
     id: StrictStr = Field(min_length=1)
     funnel_id: StrictStr
     profile_id: StrictStr
-    created_at: StrictInt = Field(ge=0, description="Unix seconds")
+    # Capped at 9999-12-31: a millisecond timestamp sent by mistake is invalid, not year 56369.
+    created_at: StrictInt = Field(ge=0, le=253402300799, description="Unix seconds")
     origin: StrictStr
     user_agent: StrictStr
     attributes: Attributes

@@ -13,7 +13,8 @@ from typing import Any
 from celery import Task
 from celery.exceptions import Reject, Retry
 
-from worker.app import app, delivery_queue, settings
+from worker.app import app, settings
+from worker.celeryconfig import delivery_queue
 from worker.pipeline import StageResult
 from worker.runtime import get_runtime
 from worker.work import Work

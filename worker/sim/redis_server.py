@@ -78,7 +78,7 @@ class EmbeddedRedis:
             "--maxmemory-policy", "noeviction",
             "--daemonize", "no",
         ]  # fmt: skip
-        self._process = subprocess.Popen(
+        self._process = subprocess.Popen(  # noqa: S603 - our own argv, no shell
             command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
         )
         deadline = time.monotonic() + timeout_s

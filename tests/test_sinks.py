@@ -1,0 +1,149 @@
+"""Sinks: the webhook's Standard Webhooks signature and answers; the stream's bounded XADD."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, datetime
+
+import httpx
+import orjson
+import pytest
+import redis
+import redis.asyncio as aioredis
+from pydantic import SecretStr
+from standardwebhooks.webhooks import Webhook, WebhookVerificationError
+
+from worker import errors
+from worker.sinks import Delivery, StreamSink, WebhookSink
+
+SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
+URL = "https://hooks.example.test/in?token=abc"
+PAYLOAD = orjson.dumps({"type": "session.enriched", "data": {"note": "Zürich 🙂"}})
+
+
+def webhook_sink(handler: httpx.MockTransport) -> WebhookSink:
+    return WebhookSink(httpx.AsyncClient(transport=handler), url=URL, secret=SecretStr(SECRET))
+
+
+def post(status: int, headers: dict[str, str] | None = None) -> tuple[list[httpx.Request],
+                                                                       errors.StageError | None]:
+    seen: list[httpx.Request] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        return httpx.Response(status, headers=headers)
+
+    sink = webhook_sink(httpx.MockTransport(handler))
+    (outcome,) = asyncio.run(sink.deliver([Delivery("ses_1", PAYLOAD)]))
+    return seen, outcome
+
+
+def test_a_standardwebhooks_receiver_verifies_the_signature() -> None:
+    seen, outcome = post(204)
+    assert outcome is None
+    (request,) = seen
+    assert request.content == PAYLOAD
+    verified = Webhook(SECRET).verify(request.content, dict(request.headers))
+    assert verified["data"]["note"] == "Zürich 🙂"
+    assert request.headers["webhook-id"].startswith("msg_")
+    assert request.headers["webhook-signature"].startswith("v1,")
+
+
+def test_a_tampered_body_fails_verification() -> None:
+    seen, _ = post(204)
+    with pytest.raises(WebhookVerificationError):
+        Webhook(SECRET).verify(PAYLOAD + b" ", dict(seen[0].headers))
+
+
+def test_webhook_id_is_stable_per_session_and_destination() -> None:
+    sink = webhook_sink(httpx.MockTransport(lambda r: httpx.Response(204)))
+    other = WebhookSink(httpx.AsyncClient(), url=URL + "x", secret=SecretStr(SECRET))
+    assert sink.message_id("ses_1") == sink.message_id("ses_1")
+    assert sink.message_id("ses_1") != sink.message_id("ses_2")
+    assert sink.message_id("ses_1") != other.message_id("ses_1")
+    first = sink.headers("ses_1", PAYLOAD, datetime(2026, 1, 1, tzinfo=UTC))
+    later = sink.headers("ses_1", PAYLOAD, datetime(2026, 1, 2, tzinfo=UTC))
+    assert first["webhook-id"] == later["webhook-id"]
+    assert first["webhook-timestamp"] != later["webhook-timestamp"]
+
+
+@pytest.mark.parametrize(
+    ("status", "expected", "reason"),
+    [
+        (200, None, None),
+        (202, None, None),
+        (410, errors.SinkGone, "gone"),
+        (400, errors.SinkRejected, "rejected"),
+        (404, errors.SinkRejected, "rejected"),
+        (301, errors.SinkRejected, "rejected"),
+        (302, errors.SinkRejected, "rejected"),
+        (408, errors.SinkUnavailable, "sink_unavailable"),
+        (429, errors.SinkUnavailable, "sink_unavailable"),
+        (500, errors.SinkUnavailable, "sink_unavailable"),
+        (503, errors.SinkUnavailable, "sink_unavailable"),
+    ],
+)
+def test_answers_are_classified(
+    status: int, expected: type[errors.StageError] | None, reason: str | None
+) -> None:
+    _, outcome = post(status, {"Location": "https://elsewhere.example/"})
+    if expected is None:
+        assert outcome is None
+    else:
+        assert isinstance(outcome, expected)
+        assert outcome.reason == reason
+
+
+def test_redirect_is_not_followed() -> None:
+    seen, outcome = post(307, {"Location": "https://elsewhere.example/"})
+    assert len(seen) == 1
+    assert isinstance(outcome, errors.SinkRejected)
+    assert "redirect not followed" in str(outcome)
+
+
+def test_retry_after_on_429() -> None:
+    _, outcome = post(429, {"Retry-After": "3"})
+    assert isinstance(outcome, errors.SinkUnavailable)
+    assert outcome.retry_after_s == 3
+
+
+def test_connection_fault_is_retryable() -> None:
+    def handler(request: httpx.Request) -> httpx.Response:
+        raise httpx.ConnectError("refused")
+
+    sink = webhook_sink(httpx.MockTransport(handler))
+    (outcome,) = asyncio.run(sink.deliver([Delivery("ses_1", PAYLOAD)]))
+    assert isinstance(outcome, errors.SinkUnavailable)
+
+
+def test_stream_sink_appends_and_stays_bounded(redis_url: str, redis_client: redis.Redis) -> None:
+    async def deliver_all() -> list[errors.StageError | None]:
+        client = aioredis.Redis.from_url(redis_url)
+        sink = StreamSink(client, stream="out", maxlen=10)
+        outcomes: list[errors.StageError | None] = []
+        for start in range(0, 500, 50):
+            outcomes += await sink.deliver(
+                [Delivery(f"ses_{i}", PAYLOAD) for i in range(start, start + 50)]
+            )
+        await client.aclose()
+        return outcomes
+
+    assert asyncio.run(deliver_all()) == [None] * 500
+    length = redis_client.xlen("out")
+    assert 10 <= length < 500  # approximate trimming: bounded, never below the cap
+    (_, fields), = redis_client.xrevrange("out", count=1)
+    assert fields == {b"session_id": b"ses_499", b"payload": PAYLOAD}
+
+
+def test_stream_sink_reports_redis_down() -> None:
+    async def deliver() -> list[errors.StageError | None]:
+        client = aioredis.Redis.from_url("redis://127.0.0.1:1/0", socket_connect_timeout=0.5)
+        sink = StreamSink(client, stream="out", maxlen=10)
+        try:
+            return await sink.deliver([Delivery("ses_1", PAYLOAD), Delivery("ses_2", PAYLOAD)])
+        finally:
+            await client.aclose()
+
+    outcomes = asyncio.run(deliver())
+    assert all(isinstance(o, errors.SinkUnavailable) for o in outcomes)
+    assert len(outcomes) == 2

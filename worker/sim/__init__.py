@@ -1,0 +1,1 @@
+"""Fake FunnelFox API and webhook receiver for the demo, the fault tests and the benchmark."""
