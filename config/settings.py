@@ -103,6 +103,8 @@ class Settings(BaseSettings):
     worker_concurrency: int = Field(2, ge=1)
     worker_batch_size: int = Field(50, ge=1, le=1000)
     visibility_timeout_s: int = Field(3600, ge=1)
+    # Unset: derived from the request timeouts (see worker.celeryconfig.task_time_limit_s).
+    task_time_limit_s: int | None = Field(None, ge=1)
     dedupe_ttl_s: int = Field(7 * 24 * 3600, ge=1)
     log_format: Literal["text", "json"] = "text"
     log_level: str = "INFO"
@@ -115,6 +117,16 @@ class Settings(BaseSettings):
     @classmethod
     def _blank_is_off(cls, value: str | None) -> str | None:
         return value or None
+
+    @property
+    def enabled_sinks(self) -> list[str]:
+        """The names of the sinks this configuration delivers to, in delivery order."""
+        sinks = []
+        if self.webhook.url is not None and self.webhook.secret is not None:
+            sinks.append("webhook")
+        if self.output_stream is not None:
+            sinks.append("stream")
+        return sinks
 
     def check_sinks(self) -> None:
         """Refuse a configuration that would deliver nowhere or unsigned."""
@@ -142,8 +154,11 @@ def _env_name(model: type[BaseSettings], loc: tuple[Any, ...]) -> str:
     return (prefix + "_".join(str(part) for part in loc)).upper()
 
 
-def load_settings(**overrides: Any) -> Settings:
-    """Read and check the settings; a bad value raises ConfigError naming its variable."""
+def load_settings(*, require_sink: bool = True, **overrides: Any) -> Settings:
+    """Read and check the settings; a bad value raises ConfigError naming its variable.
+
+    ``require_sink=False`` is for processes that deliver nothing themselves (the ingress).
+    """
     groups: dict[str, Any] = {}
     for field, model in (
         ("funnelfox", FunnelFoxSettings),
@@ -153,16 +168,18 @@ def load_settings(**overrides: Any) -> Settings:
         try:
             groups[field] = overrides.pop(field, None) or model()
         except ValidationError as exc:
-            raise ConfigError(_describe(model, exc)) from None
+            raise ConfigError(describe_invalid(model, exc)) from None
     try:
         settings = Settings(**groups, **overrides)
     except ValidationError as exc:
-        raise ConfigError(_describe(Settings, exc)) from None
-    settings.check_sinks()
+        raise ConfigError(describe_invalid(Settings, exc)) from None
+    if require_sink:
+        settings.check_sinks()
     return settings
 
 
-def _describe(model: type[BaseSettings], exc: ValidationError) -> str:
+def describe_invalid(model: type[BaseSettings], exc: ValidationError) -> str:
+    """What is wrong, by variable name."""
     # Only the location and message: pydantic's default text would echo the input value.
     problems = [f"{_env_name(model, err['loc'])}: {err['msg']}" for err in exc.errors()]
     return "invalid configuration: " + "; ".join(problems)

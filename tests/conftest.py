@@ -7,18 +7,20 @@ from collections.abc import Iterator
 
 import pytest
 import redis
-from worker.sim.receiver import DEMO_WEBHOOK_SECRET, WebhookReceiver
 
 from worker.sim.funnelfox import FunnelFoxSimulator
+from worker.sim.receiver import DEMO_WEBHOOK_SECRET, WebhookReceiver
 from worker.sim.redis_server import EmbeddedRedis, redis_reachable
 
 FOX_SECRET = "secret_test_0123456789"
-TEST_DB = 9  # a database of its own, so the tests never touch a user's data in db 0
+# A database of its own, never db 0 (a user's data), and likely not another test run's:
+# queues are per database, so two runs sharing one would take each other's messages.
+TEST_DB = int(os.environ.get("TEST_REDIS_DB") or 1 + os.getpid() % 15)
 
 
 @pytest.fixture(scope="session")
 def redis_server_url() -> Iterator[str]:
-    """REDIS_URL's server if it answers (db 9), else an embedded redis-server."""
+    """REDIS_URL's server if it answers (in TEST_DB), else an embedded redis-server."""
     base = (
         os.environ.get("TEST_REDIS_URL") or os.environ.get("REDIS_URL") or "redis://127.0.0.1:6379"
     )

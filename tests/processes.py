@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shlex
 import signal
@@ -10,8 +11,11 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
+from typing import Any
+
+import orjson
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -34,6 +38,19 @@ def wait_until(condition: Callable[[], bool], timeout_s: float, interval_s: floa
         if time.monotonic() > deadline:
             return False
         time.sleep(interval_s)
+
+
+def eventually(read: Callable[[], Any], expected: Any, timeout_s: float = 10) -> Any:
+    """``read()`` once it equals ``expected`` or the deadline passed; the caller asserts.
+
+    The fakes record a request when they answer it, so a slow one shows up late.
+    """
+    value = read()
+    deadline = time.monotonic() + timeout_s
+    while value != expected and time.monotonic() < deadline:
+        time.sleep(0.05)
+        value = read()
+    return value
 
 
 class Process:
@@ -76,10 +93,13 @@ class Process:
             and text in self.output
         )
 
-    def signal(self, signum: int) -> None:
-        """Send a signal to the process and its children (its own session)."""
+    def signal(self, signum: int, *, group: bool = False) -> None:
+        """Signal the process, as a supervisor would; ``group`` reaches its children too."""
         if self.popen.poll() is None:
-            os.killpg(self.popen.pid, signum)
+            if group:
+                os.killpg(self.popen.pid, signum)
+            else:
+                self.popen.send_signal(signum)
 
     def stop(self, timeout_s: float = 20.0) -> int:
         """SIGTERM, then SIGKILL if it does not end in time; returns the exit status."""
@@ -88,14 +108,17 @@ class Process:
             try:
                 self.popen.wait(timeout_s)
             except subprocess.TimeoutExpired:
-                self.signal(signal.SIGKILL)
+                self.signal(signal.SIGKILL, group=True)
                 self.popen.wait(10)
+        # Leave no orphan behind (a pool child, a grandchild) to disturb the next test.
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.popen.pid, signal.SIGKILL)
         self._reader.join(5)
         return self.popen.returncode
 
     def kill(self) -> None:
         """SIGKILL the whole process group: nothing gets to clean up."""
-        self.signal(signal.SIGKILL)
+        self.signal(signal.SIGKILL, group=True)
         self.popen.wait(10)
         self._reader.join(5)
 
@@ -126,3 +149,16 @@ def run_cli(
         timeout=timeout_s,
         check=False,
     )
+
+
+def dead_letters(client: Any) -> dict[str, dict[str, Any]]:
+    """The dead-letter store, keyed ``<stage>|<session id>``."""
+    return {k.decode(): orjson.loads(v) for k, v in client.hgetall("ffe:dlq").items()}
+
+
+def settled(receiver: Any, client: Any, delivered: Iterable[str], dead: Iterable[str]) -> bool:
+    """Whether every id in ``delivered`` reached the receiver and every one in ``dead`` has a
+    dead letter (at any stage)."""
+    got = {d.session_id for d in receiver.deliveries()}
+    dead_ids = {key.split("|", 1)[1] for key in dead_letters(client)}
+    return set(delivered) <= got and set(dead) <= dead_ids

@@ -11,10 +11,12 @@ from typing import Any
 import jsonschema
 import orjson
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 import redis
 
 from tests.conftest import FOX_SECRET
 from tests.processes import ROOT, run_cli, start_worker, wait_until
+from worker.metrics import render as render_metrics
 from worker.schema import PUBLISHED
 from worker.sim.funnelfox import FunnelFoxSimulator
 from worker.sim.receiver import DEMO_WEBHOOK_SECRET, WebhookReceiver
@@ -67,6 +69,18 @@ def test_cli_enqueued_sessions_reach_both_sinks_once_signed_and_enriched(
     extra = next(d.payload for d in deliveries if d.session_id == "ses_e2e-extra")
     assert "fox_extra_field" in extra["data"]["session"]
 
+    # The fleet's metrics moved with the sessions (what the web process serves on /metrics).
+    metrics = {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(render_metrics(redis_client).decode())
+        for sample in family.samples
+    }
+    assert metrics[("funnelfox_sessions_fetched_total", ())] == len(IDS)
+    assert metrics[("funnelfox_fetch_duration_seconds_count", ())] == len(IDS)
+    for sink in ("webhook", "stream"):
+        assert metrics[("funnelfox_sessions_delivered_total", (("sink", sink),))] == len(IDS)
+        count = metrics[("funnelfox_delivery_duration_seconds_count", (("sink", sink),))]
+        assert count == len(IDS)
     # One GET per session: nothing fetched twice, and nothing leaked into the worker's log.
     assert all(len(simulator.requests_for(i)) == 1 for i in IDS)
     assert FOX_SECRET not in output
@@ -97,8 +111,15 @@ def test_a_foreign_producers_bad_id_is_dead_lettered_without_a_request(
         "enrich_session.delay('../../admin')\n"
         "enrich_session.delay('ses_fine')\n"
     )
-    sent = subprocess.run([sys.executable, "-c", send], env=worker_env, cwd=ROOT,
-                          capture_output=True, text=True, timeout=60, check=False)  # fmt: skip
+    sent = subprocess.run(
+        [sys.executable, "-c", send],
+        env=worker_env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
     assert sent.returncode == 0, sent.stderr
     worker = start_worker(worker_env)
     try:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import inspect
 from email.utils import formatdate
 
@@ -35,8 +34,14 @@ def make(cls: type[Exception]) -> Exception:
 
 def test_the_walk_finds_the_known_tree() -> None:
     found = set(all_httpx_exceptions())
-    assert {httpx.ConnectTimeout, httpx.ReadError, httpx.RemoteProtocolError,
-            httpx.TooManyRedirects, httpx.InvalidURL, httpx.StreamClosed} <= found  # fmt: skip
+    assert {
+        httpx.ConnectTimeout,
+        httpx.ReadError,
+        httpx.RemoteProtocolError,
+        httpx.TooManyRedirects,
+        httpx.InvalidURL,
+        httpx.StreamClosed,
+    } <= found
 
 
 @pytest.mark.parametrize("cls", all_httpx_exceptions(), ids=lambda c: c.__name__)
@@ -56,8 +61,12 @@ def test_every_httpx_exception_has_a_category(cls: type[Exception]) -> None:
 
 @pytest.mark.parametrize(
     "exc",
-    [aiohttp.ServerDisconnectedError(), aiohttp.ClientPayloadError("cut"), asyncio.TimeoutError(),
-     ConnectionResetError()],  # fmt: skip
+    [
+        aiohttp.ServerDisconnectedError(),
+        aiohttp.ClientPayloadError("cut"),
+        TimeoutError(),
+        ConnectionResetError(),
+    ],
     ids=lambda e: type(e).__name__,
 )
 def test_aiohttp_leftovers_are_transient(exc: Exception) -> None:

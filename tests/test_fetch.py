@@ -1,4 +1,4 @@
-"""The FunnelFox client over httpx.MockTransport: the request it makes, and every answer classified."""
+"""The FunnelFox client over httpx.MockTransport: its request, and every answer classified."""
 
 from __future__ import annotations
 

@@ -16,8 +16,15 @@ from worker.sim.sessions import make_session
 from worker.validate import parse_session
 
 NOW = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
-TRIGGER = {"event_id": "evt_1", "type": "onboarding.completed", "created_at": 1716672462,
-           "is_sandbox": False, "project_id": "p", "funnel_id": "f", "profile_id": "pro_1"}  # fmt: skip
+TRIGGER = {
+    "event_id": "evt_1",
+    "type": "onboarding.completed",
+    "created_at": 1716672462,
+    "is_sandbox": False,
+    "project_id": "p",
+    "funnel_id": "f",
+    "profile_id": "pro_1",
+}
 
 
 def test_published_schema_is_current() -> None:
@@ -47,8 +54,15 @@ def test_shape() -> None:
     assert isinstance(data, dict)
     assert set(data) == {"session", "enrichment", "trigger"}
     assert data["trigger"] == TRIGGER
-    assert set(data["enrichment"]) >= {"created_at", "answers", "utm", "click_ids", "device",
-                                       "geo", "locale"}  # fmt: skip
+    assert set(data["enrichment"]) >= {
+        "created_at",
+        "answers",
+        "utm",
+        "click_ids",
+        "device",
+        "geo",
+        "locale",
+    }
 
 
 def test_session_is_delivered_whole_including_unknown_fields() -> None:

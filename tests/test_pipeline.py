@@ -21,7 +21,7 @@ from worker.fetch import FunnelFoxClient
 from worker.pipeline import Pipeline, StageResult
 from worker.retry import RetryPolicy
 from worker.sim.sessions import make_session
-from worker.sinks.base import Delivery, Sink
+from worker.sinks.base import Delivery, Outcome, Sink
 from worker.state import DeliveryState, claim_key, delivered_key
 from worker.work import Work
 
@@ -37,9 +37,9 @@ class RecordingSink(Sink):
         self.answer = answer
         self.received: list[Delivery] = []
 
-    async def deliver(self, deliveries: Sequence[Delivery]) -> list[errors.StageError | None]:
+    async def deliver(self, deliveries: Sequence[Delivery]) -> list[Outcome]:
         self.received.extend(deliveries)
-        return [self.answer(d.session_id) for d in deliveries]
+        return [Outcome(self.answer(d.session_id), 0.001) for d in deliveries]
 
 
 def upstream(request: httpx.Request) -> httpx.Response:
@@ -55,8 +55,9 @@ def upstream(request: httpx.Request) -> httpx.Response:
     return httpx.Response(200, content=orjson.dumps(make_session(session_id)))
 
 
-def run(redis_url: str, use: Callable[[Pipeline], Coroutine[Any, Any, T]],
-        sinks: Sequence[Sink]) -> T:  # fmt: skip
+def run(
+    redis_url: str, use: Callable[[Pipeline], Coroutine[Any, Any, T]], sinks: Sequence[Sink]
+) -> T:
     async def main() -> T:
         client = aioredis.Redis.from_url(redis_url)
         http = httpx.AsyncClient(transport=httpx.MockTransport(upstream))
@@ -92,8 +93,9 @@ def dead_letters(redis_url: str) -> dict[str, dict[str, Any]]:
 def test_fetch_builds_one_payload_for_every_sink(redis_url: str) -> None:
     sinks = [RecordingSink("webhook", ok), RecordingSink("stream", ok)]
     trigger = {"event_id": "evt_1"}
-    result = run(redis_url, lambda p: p.fetch([Work("ses_a", trigger=trigger), Work("ses_b")]),
-                 sinks)  # fmt: skip
+    result = run(
+        redis_url, lambda p: p.fetch([Work("ses_a", trigger=trigger), Work("ses_b")]), sinks
+    )
     assert result.done == ["ses_a", "ses_b"]
     assert set(result.deliveries) == {"webhook", "stream"}
     first = result.deliveries["webhook"][0]
@@ -162,8 +164,9 @@ def test_delivered_session_is_not_fetched_or_delivered_again(redis_url: str) -> 
     again = run(redis_url, lambda p: p.fetch([Work("ses_once")]), [sink])
     assert again.skipped == ["ses_once"]
     assert again.deliveries == {}
-    redelivered = run(redis_url, lambda p: p.deliver("webhook", first.deliveries["webhook"]),
-                      [sink])  # fmt: skip
+    redelivered = run(
+        redis_url, lambda p: p.deliver("webhook", first.deliveries["webhook"]), [sink]
+    )
     assert redelivered.skipped == ["ses_once"]
     assert [d.session_id for d in sink.received] == ["ses_once"]
 
@@ -173,8 +176,9 @@ def test_one_sink_failing_does_not_repeat_the_other(redis_url: str) -> None:
     bad = RecordingSink("webhook", lambda _: errors.SinkUnavailable("503"))
     built = run(redis_url, lambda p: p.fetch([Work("ses_two")]), [good, bad])
     run(redis_url, lambda p: p.deliver("stream", built.deliveries["stream"]), [good, bad])
-    failed = run(redis_url, lambda p: p.deliver("webhook", built.deliveries["webhook"]),
-                 [good, bad])  # fmt: skip
+    failed = run(
+        redis_url, lambda p: p.deliver("webhook", built.deliveries["webhook"]), [good, bad]
+    )
     assert len(failed.retries) == 1
     # The retry of the webhook never reaches the stream again, nor refetches.
     again = run(redis_url, lambda p: p.fetch([Work("ses_two")]), [good, bad])
@@ -190,8 +194,10 @@ def test_gone_is_dead_lettered_at_once_with_its_payload(redis_url: str) -> None:
     record = dead_letters(redis_url)["deliver:webhook|ses_gone"]
     assert (record["stage"], record["reason"], record["attempts"]) == ("deliver:webhook", "gone", 1)
     client = redis.Redis.from_url(redis_url)
-    assert client.hget("ffe:dlq:payload", "deliver:webhook|ses_gone") == \
-        built.deliveries["webhook"][0].payload
+    assert (
+        client.hget("ffe:dlq:payload", "deliver:webhook|ses_gone")
+        == built.deliveries["webhook"][0].payload
+    )
     assert not client.exists(claim_key("webhook", "ses_gone"))
     assert not client.exists(delivered_key("webhook", "ses_gone"))
     client.close()

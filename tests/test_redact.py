@@ -9,9 +9,13 @@ from worker.redact import MASK, make_scrubber, url_secrets
 
 def test_known_secrets_and_url_credentials_are_masked() -> None:
     scrub = make_scrubber(
-        [SecretStr("secret_abc123"), SecretStr("whsec_QUJDREVGR0g="), None, *url_secrets(
-            "https://hooks.example/in?token=t0ps3cret")]
-    )  # fmt: skip
+        [
+            SecretStr("secret_abc123"),
+            SecretStr("whsec_QUJDREVGR0g="),
+            None,
+            *url_secrets("https://hooks.example/in?token=t0ps3cret"),
+        ]
+    )
     text = (
         "Fox-Secret secret_abc123 failed; key QUJDREVGR0g= and whsec_QUJDREVGR0g=; "
         "POST https://hooks.example/in?token=t0ps3cret; redis://user:pa55@host:6379/0"

@@ -1,4 +1,4 @@
-"""The retry policy: full jitter under a growing ceiling, Retry-After as a floor, the cap over all."""
+"""The retry policy: full jitter under a growing ceiling, Retry-After a floor, the cap over all."""
 
 from __future__ import annotations
 
@@ -11,8 +11,9 @@ from worker.retry import RetryPolicy
 POLICY = RetryPolicy(base_s=1.0, max_s=300.0, max_attempts=8)
 
 
-@pytest.mark.parametrize(("attempts", "ceiling"), [(1, 1), (2, 2), (3, 4), (5, 16), (9, 256),
-                                                   (10, 300), (30, 300)])  # fmt: skip
+@pytest.mark.parametrize(
+    ("attempts", "ceiling"), [(1, 1), (2, 2), (3, 4), (5, 16), (9, 256), (10, 300), (30, 300)]
+)
 def test_delay_stays_under_a_ceiling_that_doubles_up_to_the_cap(
     attempts: int, ceiling: float
 ) -> None:

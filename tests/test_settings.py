@@ -11,8 +11,17 @@ from config import ConfigError, load_settings
 from worker.celeryconfig import celery_config, check_worker_limits
 
 WHSEC = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
-PREFIXES = ("FUNNELFOX_", "WEBHOOK_", "RETRY_", "OUTPUT_", "WORKER_", "REDIS_", "VISIBILITY_",
-            "DEDUPE_", "LOG_")  # fmt: skip
+PREFIXES = (
+    "FUNNELFOX_",
+    "WEBHOOK_",
+    "RETRY_",
+    "OUTPUT_",
+    "WORKER_",
+    "REDIS_",
+    "VISIBILITY_",
+    "DEDUPE_",
+    "LOG_",
+)
 
 
 @pytest.fixture(autouse=True)
@@ -131,7 +140,7 @@ def test_worker_refuses_task_limits_longer_than_visibility(
     monkeypatch.setenv("OUTPUT_STREAM", "enriched")
     monkeypatch.setenv("FUNNELFOX_SECRET", "secret_x")
     monkeypatch.setenv("RETRY_BACKOFF_MAX_S", "10")
-    monkeypatch.setenv("VISIBILITY_TIMEOUT_S", "60")
+    monkeypatch.setenv("VISIBILITY_TIMEOUT_S", "30")
     with pytest.raises(ConfigError, match="VISIBILITY_TIMEOUT_S"):
         check_worker_limits(load_settings())
 

@@ -9,9 +9,11 @@ from typing import Any
 from celery import Celery, signals
 
 from config import ConfigError, Settings, load_settings
+from worker import brokerfix
 from worker.celeryconfig import celery_config, check_worker_limits
 
 log = logging.getLogger("worker.app")
+
 
 def _load() -> Settings:
     try:
@@ -22,6 +24,7 @@ def _load() -> Settings:
 
 
 settings = _load()
+brokerfix.install()
 app = Celery("funnelfox-enricher", include=["worker.tasks"])
 app.conf.update(celery_config(settings))
 

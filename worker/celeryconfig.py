@@ -18,9 +18,24 @@ def delivery_queue(sink: str) -> str:
 
 
 def task_time_limit_s(settings: Settings) -> int:
-    """The hard limit for one task: room for a batch to wait out its slowest request, twice."""
+    """The hard limit for one task: TASK_TIME_LIMIT_S, or room for its slowest request, thrice.
+
+    A batch runs its requests concurrently, and each is bounded by connect, pool and read
+    timeouts, so three timeouts and a margin cover any task that is not stuck.
+    """
+    if settings.task_time_limit_s is not None:
+        return settings.task_time_limit_s
     slowest = max(settings.funnelfox.timeout_s, settings.webhook.timeout_s)
-    return int(4 * slowest + 60)
+    return int(3 * slowest + 10)
+
+
+def restore_interval_s(settings: Settings) -> int:
+    """How often a live worker sweeps for messages a dead one held (kombu: every 100 s).
+
+    A message is back in work once it is older than the visibility timeout and a sweep runs,
+    so sweeping every quarter of it (at most every 10 s) bounds that by 1.25 × the timeout.
+    """
+    return max(1, min(10, settings.visibility_timeout_s // 4))
 
 
 def celery_config(settings: Settings) -> dict[str, Any]:
@@ -36,6 +51,9 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "health_check_interval": 25,
         "retry_on_timeout": True,
         "max_connections": max(20, 4 * settings.worker_concurrency),
+        "unacked_restore_interval": restore_interval_s(settings),
+        # 1 = scan on every sweep; the default (10) would make the period ten times longer.
+        "unacked_restore_throttle": 1,
     }
     return {
         "broker_url": settings.redis_url,
@@ -52,6 +70,8 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "task_queues": [Queue(FETCH_QUEUE), *(Queue(q) for q in SINK_QUEUES.values())],
         "task_acks_late": True,
         "task_reject_on_worker_lost": True,
+        # A task that hits its time limit goes back to the queue rather than being acked away.
+        "task_acks_on_failure_or_timeout": False,
         "task_time_limit": task_time_limit_s(settings),
         "worker_prefetch_multiplier": 1,
         "worker_concurrency": settings.worker_concurrency,
@@ -67,6 +87,6 @@ def check_worker_limits(settings: Settings) -> None:
     limit = task_time_limit_s(settings)
     if limit >= settings.visibility_timeout_s:
         raise ConfigError(
-            f"a task may run {limit} s (from FUNNELFOX_TIMEOUT_S and WEBHOOK_TIMEOUT_S), "
+            f"a task may run {limit} s (TASK_TIME_LIMIT_S, or derived from the timeouts), "
             f"which must stay below VISIBILITY_TIMEOUT_S ({settings.visibility_timeout_s})"
         )

@@ -1,4 +1,4 @@
-"""``python -m worker``: enqueue session ids (and, later, manage dead letters and backfills)."""
+"""``python -m worker``: enqueue session ids, manage dead letters, backfill past sessions."""
 
 from __future__ import annotations
 
@@ -11,9 +11,29 @@ def build_parser() -> argparse.ArgumentParser:
     """The command line, one sub-command per job."""
     parser = argparse.ArgumentParser(prog="python -m worker", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
+
     enqueue = commands.add_parser("enqueue", help="enqueue session ids for enrichment")
     enqueue.add_argument(
         "ids", nargs="+", metavar="ID", help="session ids; '-' reads them from stdin, one a line"
+    )
+
+    dlq = commands.add_parser("dlq", help="list, replay or purge dead letters")
+    dlq_commands = dlq.add_subparsers(dest="dlq_command", required=True)
+    listing = dlq_commands.add_parser("list", help="every dead letter, one JSON object a line")
+    listing.add_argument("--reason", help="only dead letters with this reason code")
+    replay = dlq_commands.add_parser(
+        "replay",
+        help="re-run the failed stage and drop the record once re-enqueued (no ids: all); "
+        "an id without a dead letter is delivered again in full",
+    )
+    replay.add_argument("ids", nargs="*", metavar="ID")
+    purge = dlq_commands.add_parser("purge", help="delete dead letters (no ids: all)")
+    purge.add_argument("ids", nargs="*", metavar="ID")
+
+    from worker.backfill_args import add_arguments as add_backfill_arguments
+
+    add_backfill_arguments(
+        commands.add_parser("backfill", help="enqueue a funnel's past sessions from FunnelFox")
     )
     return parser
 
@@ -23,14 +43,51 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "enqueue":
         return _enqueue(args.ids)
+    if args.command == "dlq":
+        return _dlq(args)
+    if args.command == "backfill":
+        from worker.backfill import main as backfill
+
+        return backfill(args)
     raise AssertionError(args.command)  # argparse only lets known commands through
 
 
 def _enqueue(ids: list[str]) -> int:
     from worker.app import settings
-    from worker.enqueue import enqueue
+    from worker.enqueue import enqueue, read_ids
 
-    report = enqueue(ids, batch_size=settings.worker_batch_size)
+    report = enqueue(read_ids(ids, sys.stdin), batch_size=settings.worker_batch_size)
     refused = len(report.refused)
     print(f"enqueued {report.enqueued} session id(s), refused {refused}", file=sys.stderr)
     return 1 if refused else 0
+
+
+def _dlq(args: argparse.Namespace) -> int:
+    from worker import replay
+    from worker.app import settings
+
+    if args.dlq_command == "list":
+        for letter in replay.list_letters(settings.redis_url, args.reason):
+            print(letter.to_json().decode())
+        return 0
+    if args.dlq_command == "purge":
+        removed = replay.purge(settings.redis_url, args.ids)
+        print(f"purged {removed} dead letter(s)", file=sys.stderr)
+        return 0
+    from worker.tasks import send_deliveries, send_fetches
+
+    plan = replay.replay(
+        settings.redis_url,
+        args.ids,
+        dedupe_ttl_s=settings.dedupe_ttl_s,
+        send_fetches=send_fetches,
+        send_deliveries=send_deliveries,
+    )
+    for session_id in plan.redelivered:
+        print(f"{session_id}: no dead letter; delivering it again in full", file=sys.stderr)
+    print(
+        f"replayed {len(plan.letters)} dead letter(s): {len(plan.fetches)} fetch(es), "
+        f"{sum(len(w) for w in plan.deliveries.values())} deliver(ies)",
+        file=sys.stderr,
+    )
+    return 0

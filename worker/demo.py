@@ -13,6 +13,7 @@ import secrets
 import shlex
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -53,8 +54,10 @@ def describe(attempt: Attempt) -> str:
     """One line per arrival: who, signature, and the headline of the enrichment."""
     payload: Any = attempt.payload or {}
     enrichment = payload.get("data", {}).get("enrichment", {})
-    device, geo, utm = enrichment.get("device", {}), enrichment.get("geo", {}), enrichment.get(
-        "utm", {}
+    device, geo, utm = (
+        enrichment.get("device", {}),
+        enrichment.get("geo", {}),
+        enrichment.get("utm", {}),
     )
     answers = sum(len(v) for v in enrichment.get("answers", {}).values())
     return (
@@ -103,13 +106,18 @@ def main() -> int:
         enqueue = subprocess.run(
             [sys.executable, "-m", "worker", "enqueue", "-"],
             input="\n".join(delivered + dead + refused) + "\n",
-            env=env, cwd=ROOT, text=True, capture_output=True, check=False,
-        )  # fmt: skip
+            env=env,
+            cwd=ROOT,
+            text=True,
+            capture_output=True,
+            check=False,
+        )
         print(enqueue.stderr.rstrip())
-        log_path = Path(os.environ.get("DEMO_WORKER_LOG", "/tmp/funnelfox-demo-worker.log"))
+        default_log = Path(tempfile.gettempdir()) / "funnelfox-demo-worker.log"
+        log_path = Path(os.environ.get("DEMO_WORKER_LOG", default_log))
         print(f"\nstarting the worker (Procfile worker: line; its log: {log_path})")
         with log_path.open("wb") as log:
-            worker = subprocess.Popen(
+            worker = subprocess.Popen(  # noqa: S603 - the Procfile line, no shell
                 procfile_worker_command(), env=env, cwd=ROOT, stdout=log, stderr=log
             )
         print("payloads arriving at the receiver:")
@@ -142,28 +150,39 @@ def report(
     """Print what happened, with one payload in full; the exit status says if it all worked."""
     got = {d.session_id for d in receiver.deliveries()}
     in_stream = client.xlen(STREAM)
-    print(f"\nwebhook: {len(got & set(delivered))}/{len(delivered)} sessions delivered, "
-          f"all signatures verified: {all(d.verified for d in receiver.deliveries())}")
+    print(
+        f"\nwebhook: {len(got & set(delivered))}/{len(delivered)} sessions delivered, "
+        f"all signatures verified: {all(d.verified for d in receiver.deliveries())}"
+    )
     print(f"stream {STREAM}: {in_stream} entries")
     for session_id in dead:
         raw = client.hget("ffe:dlq", f"fetch|{session_id}")
         record = json.loads(raw) if raw else None
-        print(f"dead letter: {session_id}: {record['reason'] if record else 'MISSING'}"
-              f"{' - ' + record['error'] if record else ''}")
+        print(
+            f"dead letter: {session_id}: {record['reason'] if record else 'MISSING'}"
+            f"{' - ' + record['error'] if record else ''}"
+        )
     example = next((d for d in receiver.deliveries() if d.session_id == delivered[0]), None)
     if example is not None:
         print(f"\none payload in full (webhook-id {example.webhook_id}):")
         print(json.dumps(example.payload, indent=2, ensure_ascii=False))
-    ok = arrived and set(delivered) <= got and all(client.hexists("ffe:dlq", f"fetch|{i}")
-                                                     for i in dead)  # fmt: skip
+    ok = (
+        arrived
+        and set(delivered) <= got
+        and all(client.hexists("ffe:dlq", f"fetch|{i}") for i in dead)
+    )
     print("\ndemo OK" if ok else "\ndemo FAILED: see the worker log above")
     return 0 if ok else 1
 
 
 def cleanup(client: redis.Redis, session_ids: list[str]) -> None:
     """Remove what the demo wrote, so it leaves a shared Redis as it found it."""
-    keys = [f"ffe:{kind}:{sink}:{sid}" for sid in session_ids
-            for kind in ("delivered", "claim") for sink in ("webhook", "stream")]  # fmt: skip
+    keys = [
+        f"ffe:{kind}:{sink}:{sid}"
+        for sid in session_ids
+        for kind in ("delivered", "claim")
+        for sink in ("webhook", "stream")
+    ]
     client.delete(STREAM, *keys)
     client.hdel("ffe:dlq", *(f"fetch|{sid}" for sid in session_ids))
 

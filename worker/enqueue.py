@@ -52,18 +52,24 @@ def batches(
 
 
 def enqueue(
-    arguments: Iterable[str],
-    *,
-    batch_size: int,
-    stdin: TextIO = sys.stdin,
-    err: TextIO = sys.stderr,
+    entries: Iterable[tuple[str, str]], *, batch_size: int, err: TextIO = sys.stderr
 ) -> EnqueueReport:
-    """Enqueue ids as ``enrich_batch`` messages over one broker connection."""
-    from worker.tasks import enrich_batch
+    """Enqueue (where, id) entries as ``enrich_batch`` messages over one broker connection."""
+    from worker.tasks import describe, enrich_batch
 
     report = EnqueueReport()
     with enrich_batch.app.producer_or_acquire() as producer:
-        for batch in batches(read_ids(arguments, stdin), batch_size, report, err):
-            enrich_batch.apply_async(([w.to_message() for w in batch],), producer=producer)
+        for batch in batches(entries, batch_size, report, err):
+            enrich_batch.apply_async(
+                ([w.to_message() for w in batch],), producer=producer, argsrepr=describe(batch)
+            )
             report.enqueued += len(batch)
     return report
+
+
+def enqueue_ids(
+    ids: Iterable[str], *, batch_size: int, source: str = "id", err: TextIO = sys.stderr
+) -> EnqueueReport:
+    """Enqueue plain ids (no ``-`` convention): what other producers in this project use."""
+    entries = ((f"{source} {n}", value) for n, value in enumerate(ids, start=1))
+    return enqueue(entries, batch_size=batch_size, err=err)

@@ -16,8 +16,15 @@ import orjson
 # The fields this project's log calls pass in ``extra``; others (Celery's ``data`` dict with
 # task arguments, for one) stay out of the line.
 FIELDS = (
-    "session_id", "stage", "attempt", "outcome", "duration_s", "delay_s", "count", "error",
-)  # fmt: skip
+    "session_id",
+    "stage",
+    "attempt",
+    "outcome",
+    "duration_s",
+    "delay_s",
+    "count",
+    "error",
+)
 
 
 def _fields(record: logging.LogRecord) -> dict[str, Any]:

@@ -1,7 +1,7 @@
 """The stages wired together for a batch of sessions: fetch → validate → enrich → deliver.
 
-Plain async code that knows nothing of Celery: it decides each session's fate (go on,
-try again after a delay, or dead-letter) and the task layer only carries those decisions.
+Plain async code that knows nothing of Celery: it decides each session's fate (go on, try
+again after a delay, or dead-letter) and the task layer only carries those decisions.
 """
 
 from __future__ import annotations
@@ -10,14 +10,18 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
+
+import redis.asyncio as aioredis
 
 from worker.deadletters import DeadLetter, DeadLetters
 from worker.enrich import enrich
 from worker.errors import EnricherError, InvalidPayload, Retryable, StageError, UpstreamAuthFailed
 from worker.fetch import FunnelFoxClient
+from worker.metrics import MetricsBatch
 from worker.payload import build_payload
+from worker.ratelimit import FleetRateLimit
 from worker.retry import RetryPolicy
 from worker.sinks.base import Delivery, Sink
 from worker.state import DeliveryState
@@ -36,6 +40,8 @@ class StageResult:
     dead: list[DeadLetter] = field(default_factory=list)
     done: list[str] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
+    # Payloads kept with dead letters, in the same order (None before one was built).
+    dead_payloads: list[bytes | None] = field(default_factory=list)
 
 
 @dataclass
@@ -47,6 +53,8 @@ class Pipeline:
     state: DeliveryState
     dead_letters: DeadLetters
     policy: RetryPolicy
+    metrics_redis: aioredis.Redis | None = None
+    rate_limit: FleetRateLimit | None = None
     claim_wait_s: float = 5.0
     scrub: Callable[[str], str] = str
     now: Callable[[], datetime] = lambda: datetime.now(UTC)
@@ -54,53 +62,52 @@ class Pipeline:
 
     async def fetch(self, batch: Sequence[Work]) -> StageResult:
         """Fetch, validate and enrich each session; queue its payload for every pending sink."""
-        result = StageResult()
+        result, metrics = StageResult(), MetricsBatch()
         pending = await self.state.pending_sinks([w.session_id for w in batch], list(self.sinks))
-        todo = [(work, sinks) for work, sinks in zip(batch, pending, strict=True) if sinks]
-        result.skipped = [
-            w.session_id for w, sinks in zip(batch, pending, strict=True) if not sinks
-        ]
-        for session_id in result.skipped:
-            log.info("already delivered to every sink", extra={"session_id": session_id})
+        todo = []
+        for work, sinks in zip(batch, pending, strict=True):
+            if sinks:
+                todo.append((work, sinks))
+            else:
+                result.skipped.append(work.session_id)
+                log.info("already delivered to every sink", extra={"session_id": work.session_id})
+        metrics.inc("sessions_skipped", len(result.skipped), stage="fetch")
+        delays = await self._pace(todo, result)
         bodies = await asyncio.gather(
-            *(self._fetch_one(work) for work, _ in todo), return_exceptions=True
+            *(
+                self._fetch_one(work, delay, metrics)
+                for (work, _), delay in zip(todo, delays, strict=True)
+            ),
+            return_exceptions=True,
         )
-        payloads: list[bytes | None] = []
         for (work, sinks), body in zip(todo, bodies, strict=True):
             if isinstance(body, BaseException):
-                self._failed(result, work, "fetch", body, payloads)
+                self._failed(result, metrics, work, "fetch", body)
                 continue
             try:
                 raw, session = parse_session(body, work.session_id)
             except InvalidPayload as exc:
-                self._failed(result, work, "validate", exc, payloads)
+                self._failed(result, metrics, work, "validate", exc)
                 continue
             payload = build_payload(raw, enrich(session), work.trigger, self.now())
             for sink in sinks:
                 fresh = Work(work.session_id, 0, work.first_seen_at, work.trigger, payload)
                 result.deliveries.setdefault(sink, []).append(fresh)
             result.done.append(work.session_id)
-        await self.dead_letters.add(result.dead, payloads)
+        metrics.inc("sessions_fetched", len(result.done))
+        await self._record(result, metrics)
         return result
 
     async def deliver(self, sink_name: str, batch: Sequence[Work]) -> StageResult:
         """Deliver built payloads to one sink, each session at most once while its record lives."""
-        result = StageResult()
+        result, metrics = StageResult(), MetricsBatch()
         stage = f"deliver:{sink_name}"
-        payloads: list[bytes | None] = []
         sink = self.sinks.get(sink_name)
         if sink is None:
             error = StageError(f"sink {sink_name!r} is not configured in this worker")
             for work in batch:
-                self._dead(
-                    result,
-                    replace(work, attempts=work.attempts),
-                    stage,
-                    "sink_disabled",
-                    error,
-                    payloads,
-                )
-            await self.dead_letters.add(result.dead, payloads)
+                self._dead(result, metrics, work, stage, "sink_disabled", error)
+            await self._record(result, metrics)
             return result
         states = await self.state.claim(sink_name, [w.session_id for w in batch])
         claimed = [w for w, s in zip(batch, states, strict=True) if s == "claimed"]
@@ -110,39 +117,66 @@ class Pipeline:
             elif state == "busy":
                 # Another worker is delivering it right now; look again once its lease ends.
                 result.retries.append((work, self.claim_wait_s))
-        started = time.perf_counter()
+        metrics.inc("sessions_skipped", len(result.skipped), stage=stage)
         outcomes = await sink.deliver([Delivery(w.session_id, w.payload or b"") for w in claimed])
-        elapsed = time.perf_counter() - started
         released = []
         for work, outcome in zip(claimed, outcomes, strict=True):
-            if outcome is None:
+            metrics.observe("delivery_duration_seconds", outcome.duration_s, sink=sink_name)
+            if outcome.error is None:
                 result.done.append(work.session_id)
-                log.debug(
+                log.info(
                     "delivered",
                     extra={
                         "session_id": work.session_id,
                         "stage": stage,
                         "attempt": work.attempts + 1,
-                        "duration_s": round(elapsed, 4),
+                        "duration_s": round(outcome.duration_s, 4),
+                        "outcome": "delivered",
                     },
                 )
             else:
                 released.append(work.session_id)
-                self._failed(result, work, stage, outcome, payloads)
+                self._failed(result, metrics, work, stage, outcome.error)
+        metrics.inc("sessions_delivered", len(result.done), sink=sink_name)
         await self.state.settle(sink_name, result.done, released)
-        await self.dead_letters.add(result.dead, payloads)
+        await self._record(result, metrics)
         return result
 
-    async def _fetch_one(self, work: Work) -> bytes:
-        return await self.funnelfox.get_session(work.session_id)
+    async def _pace(self, todo: list[tuple[Work, list[str]]], result: StageResult) -> list[float]:
+        """Delays that keep the fleet under FUNNELFOX_RATE_LIMIT_PER_S; the rest go back.
+
+        Sessions beyond what the limit allows soon are handed back to the queue (not counted
+        as attempts) rather than held here, so a worker slot never idles long on the limit.
+        """
+        if self.rate_limit is None or not todo:
+            return [0.0] * len(todo)
+        reservation = await self.rate_limit.reserve(len(todo))
+        for work, _ in todo[reservation.granted :]:
+            result.retries.append((work, reservation.delay_s(reservation.granted)))
+        del todo[reservation.granted :]
+        return [reservation.delay_s(i) for i in range(len(todo))]
+
+    async def _fetch_one(self, work: Work, delay_s: float, metrics: MetricsBatch) -> bytes:
+        if delay_s > 0:
+            await asyncio.sleep(delay_s)
+        started = time.perf_counter()
+        try:
+            return await self.funnelfox.get_session(work.session_id)
+        finally:
+            metrics.observe("fetch_duration_seconds", time.perf_counter() - started)
+
+    async def _record(self, result: StageResult, metrics: MetricsBatch) -> None:
+        await self.dead_letters.add(result.dead, result.dead_payloads)
+        if self.metrics_redis is not None:
+            await metrics.flush(self.metrics_redis)
 
     def _failed(
         self,
         result: StageResult,
+        metrics: MetricsBatch,
         work: Work,
         stage: str,
         error: BaseException,
-        payloads: list[bytes | None],
     ) -> None:
         """Schedule another attempt, or dead-letter: the one place that decides."""
         if not isinstance(error, EnricherError):
@@ -159,6 +193,7 @@ class Pipeline:
         if isinstance(error, Retryable) and self.policy.can_retry(attempt.attempts):
             delay = self.policy.delay_s(attempt.attempts, error.retry_after_s)
             result.retries.append((attempt, delay))
+            metrics.inc("retries", stage=stage)
             log.info(
                 "will retry",
                 extra={
@@ -172,16 +207,16 @@ class Pipeline:
             )
             return
         reason = error.exhausted_reason if isinstance(error, Retryable) else error.reason
-        self._dead(result, attempt, stage, reason, error, payloads)
+        self._dead(result, metrics, attempt, stage, reason, error)
 
     def _dead(
         self,
         result: StageResult,
+        metrics: MetricsBatch,
         work: Work,
         stage: str,
         reason: str,
         error: BaseException,
-        payloads: list[bytes | None],
     ) -> None:
         letter = DeadLetter(
             session_id=work.session_id,
@@ -194,7 +229,8 @@ class Pipeline:
             trigger=work.trigger,
         )
         result.dead.append(letter)
-        payloads.append(work.payload)
+        result.dead_payloads.append(work.payload)
+        metrics.inc("dead_letters", stage=stage, reason=reason)
         log.warning(
             "dead-lettered",
             extra={

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
 
 import httpx
@@ -19,6 +19,7 @@ from worker.deadletters import DeadLetters
 from worker.fetch import FunnelFoxClient
 from worker.http import make_client
 from worker.pipeline import Pipeline
+from worker.ratelimit import FleetRateLimit
 from worker.redact import make_scrubber, url_secrets
 from worker.retry import RetryPolicy
 from worker.sinks import Sink, StreamSink, WebhookSink
@@ -63,15 +64,8 @@ class Runtime:
         assert settings.funnelfox.secret is not None, "checked when the worker started"
         upstream = self._client(settings.funnelfox.timeout_s, settings.funnelfox.max_connections)
         sinks: dict[str, Sink] = {}
-        if settings.webhook.url is not None and settings.webhook.secret is not None:
-            http = self._client(settings.webhook.timeout_s, settings.webhook.max_connections)
-            sinks["webhook"] = WebhookSink(
-                http, url=settings.webhook.url, secret=settings.webhook.secret
-            )
-        if settings.output_stream is not None:
-            sinks["stream"] = StreamSink(
-                self.redis, stream=settings.output_stream, maxlen=settings.output_stream_maxlen
-            )
+        for name in settings.enabled_sinks:
+            sinks[name] = self._sink(name)
         return Pipeline(
             funnelfox=FunnelFoxClient(
                 upstream, api_url=settings.funnelfox.api_url, secret=settings.funnelfox.secret
@@ -88,8 +82,27 @@ class Runtime:
                 max_s=settings.retry.backoff_max_s,
                 max_attempts=settings.retry.max_attempts,
             ),
+            metrics_redis=self.redis,
+            rate_limit=(
+                FleetRateLimit(self.redis, rate_per_s=settings.funnelfox.rate_limit_per_s)
+                if settings.funnelfox.rate_limit_per_s
+                else None
+            ),
             claim_wait_s=min(claim_ttl_s(settings), settings.retry.backoff_max_s),
             scrub=scrubber(settings),
+        )
+
+    def _sink(self, name: str) -> Sink:
+        settings = self.settings
+        if name == "webhook":
+            assert settings.webhook.url is not None
+            assert settings.webhook.secret is not None
+            http = self._client(settings.webhook.timeout_s, settings.webhook.max_connections)
+            return WebhookSink(http, url=settings.webhook.url, secret=settings.webhook.secret)
+        assert name == "stream"
+        assert settings.output_stream is not None
+        return StreamSink(
+            self.redis, stream=settings.output_stream, maxlen=settings.output_stream_maxlen
         )
 
     def _client(self, timeout_s: float, max_connections: int) -> httpx.AsyncClient:
@@ -118,7 +131,7 @@ def claim_ttl_s(settings: Settings) -> float:
     return 2 * settings.webhook.timeout_s + 5
 
 
-def scrubber(settings: Settings):  # type: ignore[no-untyped-def]
+def scrubber(settings: Settings) -> Callable[[str], str]:
     """The scrubber for every secret this configuration holds."""
     return make_scrubber(
         [

@@ -2,12 +2,13 @@
 
 ``worker.tasks.enrich_session`` (one session id) is the contract for producers elsewhere;
 ``enrich_batch`` carries several ids per message so Celery's per-message cost is shared.
+Every id keeps its own retries, dead letter and delivery record either way.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Coroutine, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from typing import Any
 
 from celery import Task
@@ -15,93 +16,95 @@ from celery.exceptions import Reject, Retry
 
 from worker.app import app, settings
 from worker.celeryconfig import delivery_queue
-from worker.pipeline import StageResult
+from worker.pipeline import Pipeline, StageResult
+from worker.retry import RetryPolicy
 from worker.runtime import get_runtime
 from worker.work import Work
 
 log = logging.getLogger("worker.tasks")
 
-# Infrastructure failures (Redis away, a bug) are not a session's fault: the whole message
-# is tried again with backoff, never dead-lettered for it.
-_INFRA_RETRY_MAX_S = 30.0
+# A stage that fails as a whole (Redis away, a bug) is not any session's fault: its message is
+# tried again with backoff for as long as it takes, never dead-lettered for it.
+_WHOLE_MESSAGE_RETRY = RetryPolicy(base_s=1.0, max_s=min(30.0, settings.retry.backoff_max_s))
 
 
-def _describe(batch: Sequence[Work]) -> str:
+def describe(batch: Sequence[Work]) -> str:
+    """A short argument repr for Flower: ids only, never payloads."""
     ids = ", ".join(w.session_id for w in batch[:3])
     more = f" +{len(batch) - 3}" if len(batch) > 3 else ""
     return f"[{ids}{more}]"
 
 
-def _run(task: Task, stage: str, coroutine: Coroutine[Any, Any, StageResult]) -> StageResult:
-    """Run a stage; if it fails as a whole, the message is tried again, never dropped."""
+def _process(
+    task: Task, stage: str, run_stage: Callable[[Pipeline], Coroutine[Any, Any, StageResult]]
+) -> None:
+    """Run a stage and queue what it decided; on a failure of the whole, retry the message."""
     try:
-        return get_runtime(settings).run(coroutine)
+        runtime = get_runtime(settings)
+        result = runtime.run(run_stage(runtime.pipeline))
+        _dispatch(result, stage)
     except Exception as exc:
-        countdown = min(_INFRA_RETRY_MAX_S, 2.0**task.request.retries)
+        countdown = _WHOLE_MESSAGE_RETRY.delay_s(task.request.retries + 1)
         log.warning(
-            "stage %s failed as a whole (%s); message retried in %.0f s",
-            stage,
-            type(exc).__name__,
-            countdown,
+            "stage failed as a whole; message retried",
+            extra={"stage": stage, "outcome": type(exc).__name__, "delay_s": round(countdown, 3)},
         )
         try:
             task.retry(exc=exc, countdown=countdown, max_retries=None)
         except Retry:
             raise
         except Exception as publish_error:
-            # Could not even queue the retry: give the message back to the broker.
+            # Could not even queue the retry: hand the message back to the broker. If Redis is
+            # gone altogether, it stays unacknowledged and returns after the visibility timeout.
             raise Reject(type(publish_error).__name__, requeue=True) from publish_error
-        raise
 
 
 def _dispatch(result: StageResult, stage: str) -> None:
-    """Queue what the stage decided: deliveries per sink and retries after their delays."""
+    """Queue deliveries per sink, and each retry after its own delay."""
     for sink, works in result.deliveries.items():
-        deliver.apply_async(
-            (sink, [w.to_message() for w in works]),
-            queue=delivery_queue(sink),
-            argsrepr=f"({sink!r}, {_describe(works)})",
-        )
+        send_deliveries(sink, works)
     for work, delay in result.retries:
         if stage == "fetch":
-            enrich_batch.apply_async(
-                ([work.to_message()],), countdown=delay, argsrepr=_describe([work])
-            )
+            send_fetches([work], countdown=delay)
         else:
-            deliver.apply_async(
-                (stage, [work.to_message()]),
-                queue=delivery_queue(stage),
-                countdown=delay,
-                argsrepr=f"({stage!r}, {_describe([work])})",
-            )
+            send_deliveries(stage, [work], countdown=delay)
+
+
+def send_fetches(works: Sequence[Work], countdown: float | None = None) -> None:
+    """Queue one fetch message for these sessions."""
+    enrich_batch.apply_async(
+        ([w.to_message() for w in works],), countdown=countdown, argsrepr=describe(works)
+    )
+
+
+def send_deliveries(sink: str, works: Sequence[Work], countdown: float | None = None) -> None:
+    """Queue one delivery message for these payloads, on the sink's own queue."""
+    deliver.apply_async(
+        (sink, [w.to_message() for w in works]),
+        queue=delivery_queue(sink),
+        countdown=countdown,
+        argsrepr=f"({sink!r}, {describe(works)})",
+    )
 
 
 @app.task(name="worker.tasks.enrich_session", bind=True)
-def enrich_session(self: Task, session_id: str, trigger: dict[str, Any] | None = None) -> None:
+def enrich_session(self: Task, session_id: Any, trigger: dict[str, Any] | None = None) -> None:
     """Fetch, validate and enrich one session, then queue its delivery to every sink."""
     # A foreign producer may send anything: keep it (bounded) so it can be dead-lettered.
-    work = Work(
-        session_id if isinstance(session_id, str) else repr(session_id)[:256], trigger=trigger
-    )
-    _fetch(self, [work])
+    text = session_id if isinstance(session_id, str) else repr(session_id)
+    work = Work(text[:256], trigger=trigger)
+    _process(self, "fetch", lambda pipeline: pipeline.fetch([work]))
 
 
 @app.task(name="worker.tasks.enrich_batch", bind=True)
 def enrich_batch(self: Task, items: list[dict[str, Any]]) -> None:
     """The same as enrich_session for several sessions in one message."""
-    _fetch(self, [Work.from_message(item) for item in items])
+    batch = [Work.from_message(item) for item in items]
+    _process(self, "fetch", lambda pipeline: pipeline.fetch(batch))
 
 
 @app.task(name="worker.tasks.deliver", bind=True)
 def deliver(self: Task, sink: str, items: list[dict[str, Any]]) -> None:
     """Deliver built payloads to one sink."""
     batch = [Work.from_message(item) for item in items]
-    runtime = get_runtime(settings)
-    result = _run(self, sink, runtime.pipeline.deliver(sink, batch))
-    _dispatch(result, sink)
-
-
-def _fetch(task: Task, batch: list[Work]) -> None:
-    runtime = get_runtime(settings)
-    result = _run(task, "fetch", runtime.pipeline.fetch(batch))
-    _dispatch(result, "fetch")
+    _process(self, sink, lambda pipeline: pipeline.deliver(sink, batch))

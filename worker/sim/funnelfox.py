@@ -45,9 +45,12 @@ def decode_cursor(cursor: str) -> tuple[int, int]:
     """The (page, offset) inside a cursor; ValueError when it is not one of ours."""
     try:
         page, offset = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).split(b":")
-        return int(page), int(offset)
+        decoded = int(page), int(offset)
     except (binascii.Error, ValueError) as exc:
         raise ValueError(f"bad cursor {cursor!r}") from exc
+    if decoded[0] < 2 or decoded[1] < 0:
+        raise ValueError(f"bad cursor {cursor!r}")
+    return decoded
 
 
 class FunnelFoxSimulator:
@@ -281,12 +284,15 @@ class FunnelFoxSimulator:
             return error_response(400)
         if not isinstance(config, dict):
             return error_response(400)
-        if "latency_ms" in config:
-            self.set_latency(float(config["latency_ms"]))
-        if "secret" in config:
-            self.set_secret(str(config["secret"]))
-        if "funnels" in config:
-            self.set_funnels({str(k): int(v) for k, v in config["funnels"].items()})
+        try:
+            if "latency_ms" in config:
+                self.set_latency(float(config["latency_ms"]))
+            if "secret" in config:
+                self.set_secret(str(config["secret"]))
+            if "funnels" in config:
+                self.set_funnels({str(k): int(v) for k, v in config["funnels"].items()})
+        except (AttributeError, TypeError, ValueError):
+            return error_response(400)
         current = {"latency_ms": self.latency_ms, "funnels": self._catalog.funnels}
         return web.Response(body=orjson.dumps(current), content_type=_JSON)
 

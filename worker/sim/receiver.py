@@ -59,11 +59,14 @@ class Attempt:
         """The body parsed as JSON (None when it was not JSON or bodies are not kept)."""
         return orjson.loads(self.body) if self.body_is_json and self.body else None
 
+    def json_body(self) -> orjson.Fragment | str:
+        """The body for ``orjson.dumps``: spliced in as received, or as text when not JSON."""
+        if self.body_is_json:
+            return orjson.Fragment(self.body)
+        return self.body.decode(errors="replace")
+
     def as_json(self) -> dict[str, Any]:
-        """A JSON-ready view; the body is spliced in as received, not re-encoded."""
-        body: Any = (
-            orjson.Fragment(self.body) if self.body_is_json else self.body.decode(errors="replace")
-        )
+        """A JSON-ready view of the attempt."""
         return {
             "webhook_id": self.webhook_id,
             "webhook_timestamp": self.webhook_timestamp,
@@ -71,7 +74,7 @@ class Attempt:
             "received_at": self.received_at,
             "verified": self.verified,
             "status": self.status,
-            "body": body,
+            "body": self.json_body(),
         }
 
 
@@ -252,7 +255,7 @@ class WebhookReceiver:
                 verified=verified,
                 status=status,
                 body=body if self.keep_bodies else b"",
-                body_is_json=is_json,
+                body_is_json=is_json and self.keep_bodies,
             )
         )
         return response if response is not None else web.Response(status=204)
@@ -274,7 +277,7 @@ class WebhookReceiver:
 
     async def _get_deliveries(self, request: web.BaseRequest) -> web.Response:
         rows = [
-            {"webhook_id": a.webhook_id, "session_id": a.session_id, "body": a.as_json()["body"]}
+            {"webhook_id": a.webhook_id, "session_id": a.session_id, "body": a.json_body()}
             for a in self.deliveries()
         ]
         return web.Response(body=orjson.dumps(rows), content_type=_JSON)

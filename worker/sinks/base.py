@@ -10,6 +10,14 @@ from worker.errors import StageError
 
 
 @dataclass(frozen=True)
+class Outcome:
+    """How one delivery attempt went: None is success. Its time feeds the latency metric."""
+
+    error: StageError | None
+    duration_s: float
+
+
+@dataclass(frozen=True)
 class Delivery:
     """One payload for one session, exactly as built by the enrich stage."""
 
@@ -18,10 +26,10 @@ class Delivery:
 
 
 class Sink(ABC):
-    """A destination. ``deliver`` never raises for one item: it returns that item's error."""
+    """A destination. ``deliver`` never raises for one item: it returns that item's outcome."""
 
     name: str
 
     @abstractmethod
-    async def deliver(self, deliveries: Sequence[Delivery]) -> list[StageError | None]:
-        """Deliver each payload; the result holds None (delivered) or the error, in order."""
+    async def deliver(self, deliveries: Sequence[Delivery]) -> list[Outcome]:
+        """Deliver each payload; one Outcome per delivery, in order."""

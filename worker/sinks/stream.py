@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 
 import redis.asyncio as aioredis
@@ -10,7 +11,7 @@ from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from worker import errors
-from worker.sinks.base import Delivery, Sink
+from worker.sinks.base import Delivery, Outcome, Sink
 
 
 class StreamSink(Sink):
@@ -23,8 +24,9 @@ class StreamSink(Sink):
         self._stream = stream
         self._maxlen = maxlen
 
-    async def deliver(self, deliveries: Sequence[Delivery]) -> list[errors.StageError | None]:
+    async def deliver(self, deliveries: Sequence[Delivery]) -> list[Outcome]:
         """XADD every payload in one pipeline; a failed command fails only its item."""
+        started = time.perf_counter()
         try:
             async with self._redis.pipeline(transaction=False) as pipe:
                 for delivery in deliveries:
@@ -38,10 +40,15 @@ class StreamSink(Sink):
                 results = await pipe.execute(raise_on_error=False)
         except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
             failure = errors.SinkUnavailable(f"redis stream unavailable: {type(exc).__name__}")
-            return [failure] * len(deliveries)
+            return [Outcome(failure, time.perf_counter() - started)] * len(deliveries)
+        # One round trip carried them all: each took the pipeline's time.
+        elapsed = time.perf_counter() - started
         return [
-            errors.SinkUnavailable(f"XADD failed: {result}")
-            if isinstance(result, RedisError)
-            else None
+            Outcome(
+                errors.SinkUnavailable(f"XADD failed: {result}")
+                if isinstance(result, RedisError)
+                else None,
+                elapsed,
+            )
             for result in results
         ]

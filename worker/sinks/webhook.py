@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import time
 from collections.abc import Sequence
 from datetime import UTC, datetime
 
@@ -13,7 +14,7 @@ from standardwebhooks.webhooks import Webhook
 
 from worker import errors
 from worker.http import excerpt, parse_retry_after, translate_transport_error
-from worker.sinks.base import Delivery, Sink
+from worker.sinks.base import Delivery, Outcome, Sink
 
 
 class WebhookSink(Sink):
@@ -42,9 +43,14 @@ class WebhookSink(Sink):
             "webhook-signature": signature,
         }
 
-    async def deliver(self, deliveries: Sequence[Delivery]) -> list[errors.StageError | None]:
+    async def deliver(self, deliveries: Sequence[Delivery]) -> list[Outcome]:
         """POST every payload concurrently."""
-        return list(await asyncio.gather(*(self._post(d) for d in deliveries)))
+        return list(await asyncio.gather(*(self._timed_post(d) for d in deliveries)))
+
+    async def _timed_post(self, delivery: Delivery) -> Outcome:
+        started = time.perf_counter()
+        error = await self._post(delivery)
+        return Outcome(error, time.perf_counter() - started)
 
     async def _post(self, delivery: Delivery) -> errors.StageError | None:
         headers = self.headers(delivery.session_id, delivery.payload, datetime.now(UTC))

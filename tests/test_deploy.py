@@ -1,0 +1,229 @@
+"""The deploy files agree with the Procfile and the settings; no Docker needed.
+
+Rules checked here:
+- every non-redis compose service runs its Procfile line, program and arguments alike, with
+  ``${PORT:-N}`` resolved to N, the port the container listens on (a bare ``$PORT`` has no
+  fixed value, so it is refused);
+- every variable compose passes and every variable ``.env.example`` names is read by some
+  settings model, and every variable a settings model reads is in ``.env.example``.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import re
+import shlex
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from pydantic import BaseModel
+from pydantic_settings import BaseSettings
+
+from tests.processes import ROOT
+
+APP_SERVICES = ("worker", "web", "flower")
+_SETTINGS_CLASS = re.compile(r"^class \w+\(BaseSettings\):", re.MULTILINE)
+_ASSIGNMENT = re.compile(r"^#?\s*([A-Z][A-Z0-9_]*)=(.*)$")
+_PORT_DEFAULT = re.compile(r"\$\{PORT:-(\d+)\}")
+
+
+@cache
+def compose() -> dict[str, Any]:
+    """docker-compose.yml, parsed (anchors and merge keys resolved)."""
+    document = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+    assert isinstance(document, dict)
+    return document
+
+
+def service(name: str) -> dict[str, Any]:
+    """One compose service."""
+    services = compose()["services"]
+    assert name in services, f"no {name} service in docker-compose.yml"
+    return dict(services[name])
+
+
+def procfile() -> dict[str, str]:
+    """The Procfile's lines by process name."""
+    lines = {}
+    for line in (ROOT / "Procfile").read_text().splitlines():
+        if line.strip() and not line.lstrip().startswith("#"):
+            name, _, command = line.partition(":")
+            lines[name.strip()] = command.strip()
+    return lines
+
+
+def resolve_port(command: str) -> str:
+    """A Procfile command with ``${PORT:-N}`` as N; a bare $PORT has no fixed value."""
+    resolved = _PORT_DEFAULT.sub(r"\1", command)
+    assert "$" not in resolved, f"unresolvable variable in Procfile command: {command}"
+    return resolved
+
+
+def settings_models() -> list[type[BaseSettings]]:
+    """Every pydantic-settings model defined in config/ and worker/ (found by their source)."""
+    models: list[type[BaseSettings]] = []
+    for package in ("config", "worker"):
+        for path in sorted((ROOT / package).rglob("*.py")):
+            if not _SETTINGS_CLASS.search(path.read_text()):
+                continue
+            module_name = ".".join(path.relative_to(ROOT).with_suffix("").parts)
+            module = importlib.import_module(module_name)
+            models += [
+                obj
+                for obj in vars(module).values()
+                if isinstance(obj, type)
+                and issubclass(obj, BaseSettings)
+                and obj is not BaseSettings
+                and obj.__module__ == module_name
+            ]
+    return models
+
+
+def env_names(model: type[BaseSettings]) -> set[str]:
+    """The variables one model reads; a nested settings group is counted as its own model."""
+    prefix = str(model.model_config.get("env_prefix") or "")
+    names = set()
+    for field_name, field in model.model_fields.items():
+        annotation = field.annotation
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            continue
+        alias = field.validation_alias if isinstance(field.validation_alias, str) else None
+        names.add((alias or field.alias or prefix + field_name).upper())
+    return names
+
+
+@cache
+def setting_names() -> frozenset[str]:
+    """Every environment variable some settings model reads."""
+    return frozenset(name for model in settings_models() for name in env_names(model))
+
+
+def env_example() -> dict[str, tuple[str, bool]]:
+    """.env.example's assignments: name -> (value, whether it is commented out)."""
+    entries: dict[str, tuple[str, bool]] = {}
+    for line in (ROOT / ".env.example").read_text().splitlines():
+        match = _ASSIGNMENT.match(line.strip())
+        if match:
+            entries[match.group(1)] = (match.group(2), line.lstrip().startswith("#"))
+    return entries
+
+
+# -- compose ----------------------------------------------------------------------------------
+
+
+def test_compose_has_every_service() -> None:
+    assert set(compose()["services"]) >= {"redis", *APP_SERVICES}
+
+
+def test_redis_persists_and_never_evicts() -> None:
+    redis = service("redis")
+    command = redis["command"]
+    text = " ".join(command) if isinstance(command, list) else command
+    assert "--appendonly yes" in text
+    assert "--maxmemory-policy noeviction" in text
+    assert redis["healthcheck"]["test"]
+    assert any(str(volume).endswith(":/data") for volume in redis["volumes"])
+
+
+@pytest.mark.parametrize("name", APP_SERVICES)
+def test_service_runs_its_procfile_line(name: str) -> None:
+    lines = procfile()
+    assert name in lines, f"no {name}: line in the Procfile"
+    command = service(name)["command"]
+    assert isinstance(command, list), "exec form, so the program itself gets SIGTERM"
+    assert command == shlex.split(resolve_port(lines[name]))
+
+
+@pytest.mark.parametrize("name", APP_SERVICES)
+def test_service_reads_the_env_file_and_the_compose_redis(name: str) -> None:
+    app = service(name)
+    env_files = app["env_file"] if isinstance(app["env_file"], list) else [app["env_file"]]
+    assert ".env" in env_files
+    assert app["environment"]["REDIS_URL"].startswith("redis://redis:6379/")
+    assert app["depends_on"]["redis"]["condition"] == "service_healthy"
+
+
+def test_workers_scale() -> None:
+    worker = service("worker")
+    # A fixed name or host port would stop `docker compose up --scale worker=N` at the second.
+    assert "container_name" not in worker
+    assert "ports" not in worker
+    assert worker.get("stop_signal", "SIGTERM") == "SIGTERM"
+
+
+def test_web_listens_where_it_is_published_and_checked() -> None:
+    web = service("web")
+    port = _PORT_DEFAULT.search(procfile()["web"])
+    assert port, "the web: line listens on ${PORT:-N}"
+    assert any(str(p).endswith(f":{port.group(1)}") for p in web["ports"])
+    assert f":{port.group(1)}/healthz" in " ".join(web["healthcheck"]["test"])
+
+
+def test_flower_keeps_state_in_a_volume_and_listens_where_published() -> None:
+    flower = service("flower")
+    env = flower["environment"]
+    port = env["FLOWER_PORT"]
+    assert any(str(p).endswith(f":{port}") for p in flower["ports"])
+    assert f":{port}/healthcheck" in " ".join(flower["healthcheck"]["test"])
+    mounts = [str(v).split(":", 1)[1] for v in flower["volumes"]]
+    assert any(env["FLOWER_DB"].startswith(mount.rstrip("/") + "/") for mount in mounts)
+    # Flower must never run open: the launcher refuses without FLOWER_BASIC_AUTH, and compose
+    # must not blank it out.
+    assert env.get("FLOWER_BASIC_AUTH", "unset") != ""
+
+
+def test_compose_passes_only_known_variables() -> None:
+    for name in APP_SERVICES:
+        unknown = set(service(name).get("environment") or {}) - setting_names()
+        assert not unknown, f"{name}: no setting reads {sorted(unknown)}"
+
+
+def test_dockerfile_runs_as_a_user_and_defaults_to_the_worker() -> None:
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    users = re.findall(r"^USER\s+(\S+)", dockerfile, re.MULTILINE)
+    assert users, "the image must switch to a user"
+    assert users[-1] not in ("root", "0")
+    cmd = re.search(r"^CMD\s+(\[.*\])", dockerfile, re.MULTILINE)
+    assert cmd
+    assert yaml.safe_load(cmd.group(1)) == shlex.split(procfile()["worker"])
+
+
+# -- .env.example -------------------------------------------------------------------------------
+
+
+def test_env_example_names_only_settings() -> None:
+    unknown = set(env_example()) - setting_names()
+    assert not unknown, f".env.example names variables no setting reads: {sorted(unknown)}"
+
+
+def test_env_example_documents_every_setting() -> None:
+    missing = setting_names() - set(env_example())
+    assert not missing, f".env.example lacks {sorted(missing)}"
+
+
+@pytest.mark.parametrize("uncomment", [False, True], ids=["as-is", "all-uncommented"])
+def test_env_example_loads(
+    uncomment: bool, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """Copied as it is, or with every example line switched on, the settings accept it."""
+    from config import load_settings
+    from worker.flower import load_flower_settings
+    from worker.ingress.settings import load_config
+
+    for name in list(os.environ):
+        if name in setting_names() or name == "PORT":
+            monkeypatch.delenv(name)
+    monkeypatch.chdir(tmp_path)
+    for name, (value, commented) in env_example().items():
+        if uncomment or not commented:
+            monkeypatch.setenv(name, value)
+    load_settings().check_for_worker()
+    load_config()
+    if uncomment:
+        flower, port = load_flower_settings()
+        assert port == 5555
+        assert flower.basic_auth is not None

@@ -1,0 +1,29 @@
+"""``uvicorn worker.ingress.app:app``: the Procfile's ``web:`` line.
+
+The configuration is read at import, like ``worker.app``: a missing secret stops the server
+before it binds its port, with a message naming the variables to set.
+"""
+
+from __future__ import annotations
+
+import sys
+
+from starlette.applications import Starlette
+
+from config import ConfigError
+from worker.ingress.service import create_app
+from worker.ingress.settings import IngressConfig, load_config
+from worker.logs import configure_logging
+
+
+def _load() -> IngressConfig:
+    try:
+        return load_config()
+    except ConfigError as exc:
+        print(f"funnelfox-enricher ingress: refusing to start: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+config = _load()
+configure_logging(config.log_format, config.log_level)
+app: Starlette = create_app(config)

@@ -1,0 +1,295 @@
+"""The ingress app: FunnelFox webhooks become ``enrich_session`` tasks, answered only once queued.
+
+Order of checks on ``POST /webhooks/funnelfox``, cheapest and least revealing first:
+secret (401) → size (413) → JSON (400) → envelope (422) → event type / sandbox (200 ignored)
+→ session id (422) → dedupe marker (200 duplicate) → publish (202, or 503 when the broker fails).
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import anyio
+import anyio.to_thread
+import orjson
+import redis
+import redis.asyncio as aioredis
+from prometheus_client import CONTENT_TYPE_LATEST
+from pydantic import ValidationError
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from worker.errors import InvalidSessionId
+from worker.ids import check_session_id
+from worker.ingress.body import BadContentLength, BodyTooLarge, read_limited
+from worker.ingress.events import Event, problems
+from worker.ingress.markers import Claim, EventMarkers
+from worker.ingress.openapi import openapi_document
+from worker.ingress.producer import POOL_SIZE, CeleryPublisher, Publisher
+from worker.ingress.settings import IngressConfig
+from worker.metrics import render as render_metrics
+
+log = logging.getLogger("worker.ingress")
+
+WEBHOOK_PATH = "/webhooks/funnelfox"
+SECRET_HEADERS = (b"fox-secret-key", b"fox-secret")
+_SESSION_ID_RULE = "session_id must be 1 to 128 characters of A-Z, a-z, 0-9, '_' and '-'"
+
+
+def _error(
+    status: int,
+    error: str,
+    message: str,
+    *,
+    headers: dict[str, str] | None = None,
+    **extra: Any,
+) -> JSONResponse:
+    return JSONResponse(
+        {"error": error, "message": message, **extra}, status_code=status, headers=headers
+    )
+
+
+def redis_client(url: str, timeout_s: float) -> aioredis.Redis:
+    """A Redis client whose every call gives up within about ``timeout_s``."""
+    return aioredis.Redis.from_url(
+        url,
+        socket_timeout=timeout_s,
+        socket_connect_timeout=timeout_s,
+        # One immediate retry for a connection that went stale; a timeout is not tried twice.
+        retry=Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)),
+        health_check_interval=30,
+        max_connections=64,
+    )
+
+
+class Ingress:
+    """The routes' shared state: configuration, a Redis client and the task publisher."""
+
+    def __init__(self, config: IngressConfig, publisher: Publisher | None = None) -> None:
+        self.config = config
+        self._secret = config.secret.get_secret_value().encode()
+        self._publisher = publisher
+        self._redis: aioredis.Redis | None = None
+        self._sync_redis: redis.Redis | None = None
+        self._limiter: anyio.CapacityLimiter | None = None
+        self._document = orjson.dumps(openapi_document())
+
+    @asynccontextmanager
+    async def lifespan(self, app: Starlette) -> AsyncIterator[None]:
+        """Open the clients on the server's loop; close them on shutdown."""
+        self._redis = redis_client(self.config.redis_url, self.config.broker_timeout_s)
+        # Bounds the threads blocked on the broker, and so its pooled connections.
+        self._limiter = anyio.CapacityLimiter(POOL_SIZE)
+        if self._publisher is None:
+            self._publisher = CeleryPublisher(
+                self.config.redis_url, timeout_s=self.config.broker_timeout_s
+            )
+        log.info(
+            "ingress ready: event types %s, sandbox %s",
+            ",".join(sorted(self.config.event_types)),
+            "accepted" if self.config.accept_sandbox else "ignored",
+        )
+        try:
+            yield
+        finally:
+            await self._redis.aclose()
+            self._publisher.close()
+            if self._sync_redis is not None:
+                self._sync_redis.close()
+
+    def routes(self) -> list[Route]:
+        """Every route of the app."""
+        return [
+            Route(WEBHOOK_PATH, self.webhook, methods=["POST"]),
+            Route("/healthz", self.healthz, methods=["GET"]),
+            Route("/readyz", self.readyz, methods=["GET"]),
+            Route("/metrics", self.metrics, methods=["GET"]),
+            Route("/openapi.json", self.openapi, methods=["GET"]),
+        ]
+
+    # -- routes -------------------------------------------------------------------------------
+
+    async def healthz(self, request: Request) -> Response:
+        """The process is alive."""
+        return JSONResponse({"status": "ok"})
+
+    async def readyz(self, request: Request) -> Response:
+        """Redis (the broker) answers a PING."""
+        try:
+            await self._markers_redis().ping()
+        except Exception as exc:
+            log.warning("readiness check failed: %s", type(exc).__name__)
+            return _error(503, "redis_unavailable", "Redis did not answer PING")
+        return JSONResponse({"status": "ready"})
+
+    async def metrics(self, request: Request) -> Response:
+        """The fleet's pipeline metrics (kept in Redis by every worker) for Prometheus."""
+        try:
+            body = await anyio.to_thread.run_sync(render_metrics, self._metrics_redis())
+        except redis.RedisError as exc:
+            log.warning("metrics unavailable: %s", type(exc).__name__)
+            return _error(503, "redis_unavailable", "Redis did not answer")
+        return Response(body, media_type=CONTENT_TYPE_LATEST)
+
+    def _metrics_redis(self) -> redis.Redis:
+        if self._sync_redis is None:
+            timeout = max(1.0, self.config.broker_timeout_s)
+            self._sync_redis = redis.Redis.from_url(
+                self.config.redis_url, socket_timeout=timeout, socket_connect_timeout=timeout
+            )
+        return self._sync_redis
+
+    async def openapi(self, request: Request) -> Response:
+        """This app's OpenAPI document."""
+        return Response(self._document, media_type="application/json")
+
+    async def webhook(self, request: Request) -> Response:
+        """Take one FunnelFox event; answer once its task is in the broker."""
+        if not self._authenticated(request):
+            return _error(
+                401, "unauthorized", "missing or wrong secret in Fox-Secret-Key (or Fox-Secret)"
+            )
+        try:
+            body = await read_limited(request, self.config.max_body_bytes)
+        except BodyTooLarge as exc:
+            return _error(413, "payload_too_large", str(exc))
+        except BadContentLength:
+            return _error(400, "bad_request", "Content-Length is not a number")
+        try:
+            document = orjson.loads(body)
+        except orjson.JSONDecodeError:
+            return _error(400, "malformed_json", "the body is not valid JSON")
+        try:
+            event = Event.model_validate(document, strict=True)
+        except ValidationError as exc:
+            return _error(
+                422, "invalid_event", "the body is not a FunnelFox event", problems=problems(exc)
+            )
+        return await self._accept(event)
+
+    # -- steps --------------------------------------------------------------------------------
+
+    def _authenticated(self, request: Request) -> bool:
+        # Raw header bytes: no decoding step can make two different secrets compare equal.
+        ok = False
+        for name, value in request.scope["headers"]:
+            if name in SECRET_HEADERS:
+                ok |= hmac.compare_digest(value, self._secret)
+        return ok
+
+    async def _accept(self, event: Event) -> Response:
+        ids = {"event_id": event.id, "type": event.type}
+        if event.type not in self.config.event_types:
+            return JSONResponse(
+                {"status": "ignored", "reason": "event type not handled", **ids}, status_code=200
+            )
+        if event.is_sandbox and not self.config.accept_sandbox:
+            return JSONResponse(
+                {"status": "ignored", "reason": "sandbox events are off", **ids}, status_code=200
+            )
+        if event.session_id is None:
+            return _error(
+                422,
+                "invalid_event",
+                f"{event.type} events need a session_id",
+                problems=[{"loc": ["session_id"], "msg": "Field required", "type": "missing"}],
+            )
+        try:
+            session_id = check_session_id(event.session_id)
+        except InvalidSessionId:
+            # A fixed message: the id is not repeated back, whatever was pasted into it.
+            return _error(
+                422,
+                "invalid_session_id",
+                _SESSION_ID_RULE,
+                problems=[{"loc": ["session_id"], "msg": _SESSION_ID_RULE, "type": "invalid_id"}],
+            )
+        return await self._enqueue(event, session_id, ids)
+
+    async def _enqueue(self, event: Event, session_id: str, ids: dict[str, str]) -> Response:
+        markers = EventMarkers(self._markers_redis(), dedupe_ttl_s=self.config.dedupe_ttl_s)
+        context = {"session_id": session_id}
+        try:
+            claim = await markers.claim(event.id)
+        except Exception as exc:
+            log.warning(
+                "event %s not taken: Redis failed (%s)",
+                event.id,
+                type(exc).__name__,
+                extra=context,
+            )
+            return self._unavailable()
+        if claim is Claim.DUPLICATE:
+            log.info("event %s is a duplicate; acknowledged", event.id, extra=context)
+            return JSONResponse({"status": "duplicate", "session_id": session_id, **ids})
+        if claim is Claim.IN_PROGRESS:
+            # Acknowledging now could lose the event if that other publish fails: ask again.
+            return _error(
+                409,
+                "in_progress",
+                "this event is being enqueued by another request; retry later",
+                headers={"Retry-After": "5"},
+            )
+        try:
+            # Celery's publish blocks: a worker thread keeps the loop serving other requests.
+            await anyio.to_thread.run_sync(
+                self._publish, session_id, event.trigger(), limiter=self._limiter
+            )
+        except Exception as exc:
+            log.warning(
+                "event %s not enqueued: broker failed (%s)",
+                event.id,
+                type(exc).__name__,
+                extra=context,
+            )
+            try:
+                await markers.release(event.id)
+            except Exception:
+                # The marker then expires after PENDING_TTL_S; FunnelFox retries later than that.
+                log.warning("event %s: marker not released", event.id, extra=context)
+            return self._unavailable()
+        try:
+            await markers.confirm(event.id)
+        except Exception as exc:
+            # The task is queued, which is what matters; a later duplicate may be queued again
+            # and the delivery records keep it from being delivered twice.
+            log.warning(
+                "event %s: marker not confirmed (%s)", event.id, type(exc).__name__, extra=context
+            )
+        log.info("event %s enqueued", event.id, extra=context)
+        return JSONResponse(
+            {"status": "enqueued", "session_id": session_id, **ids}, status_code=202
+        )
+
+    def _publish(self, session_id: str, trigger: dict[str, Any]) -> None:
+        assert self._publisher is not None, "set in lifespan"
+        self._publisher.publish(session_id, trigger)
+
+    def _markers_redis(self) -> aioredis.Redis:
+        assert self._redis is not None, "set in lifespan"
+        return self._redis
+
+    @staticmethod
+    def _unavailable() -> Response:
+        return JSONResponse(
+            {"error": "broker_unavailable", "message": "the event could not be queued; retry"},
+            status_code=503,
+            headers={"Retry-After": "5"},
+        )
+
+
+def create_app(config: IngressConfig, *, publisher: Publisher | None = None) -> Starlette:
+    """The ASGI app for ``config``; ``publisher`` replaces the Celery one in tests."""
+    ingress = Ingress(config, publisher)
+    app = Starlette(routes=ingress.routes(), lifespan=ingress.lifespan)
+    app.state.ingress = ingress
+    return app

@@ -1,0 +1,87 @@
+"""Ingress settings: the ``INGRESS_*`` variables, plus the shared ones it reads from ``config``."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from config import ConfigError, Settings, load_settings
+from config.settings import describe_invalid
+
+DEFAULT_EVENT_TYPES = "onboarding.completed"
+DEFAULT_MAX_BODY_BYTES = 1024 * 1024
+
+
+class IngressSettings(BaseSettings):
+    """What only the web process reads."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="INGRESS_", env_file=".env", env_file_encoding="utf-8", extra="ignore"
+    )
+
+    # Falls back to FUNNELFOX_SECRET: FunnelFox sends the project's one secret key.
+    secret: SecretStr | None = None
+    event_types: str = DEFAULT_EVENT_TYPES
+    accept_sandbox: bool = True
+    max_body_bytes: int = Field(DEFAULT_MAX_BODY_BYTES, ge=1)
+    # Bounds every broker and Redis call an answer waits for, so a dead broker is a quick 503.
+    broker_timeout_s: float = Field(0.5, gt=0, le=10)
+
+    @field_validator("event_types")
+    @classmethod
+    def _some_types(cls, value: str) -> str:
+        if not _split(value):
+            raise ValueError("must name at least one event type (comma-separated)")
+        return value
+
+
+@dataclass(frozen=True)
+class IngressConfig:
+    """Everything the ingress app needs, resolved and checked."""
+
+    secret: SecretStr
+    redis_url: str
+    event_types: frozenset[str] = frozenset({DEFAULT_EVENT_TYPES})
+    accept_sandbox: bool = True
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
+    dedupe_ttl_s: int = 7 * 24 * 3600
+    broker_timeout_s: float = 0.5
+    log_format: str = "text"
+    log_level: str = "INFO"
+
+
+def _split(value: str) -> list[str]:
+    return [part.strip() for part in value.split(",") if part.strip()]
+
+
+def load_config() -> IngressConfig:
+    """Read the environment; ConfigError names the variable to fix."""
+    try:
+        ingress = IngressSettings()
+    except ValidationError as exc:
+        raise ConfigError(describe_invalid(IngressSettings, exc)) from None
+    common = _common_settings()
+    secret = ingress.secret or common.funnelfox.secret
+    if secret is None or not secret.get_secret_value():
+        raise ConfigError(
+            "no webhook secret: set INGRESS_SECRET, or FUNNELFOX_SECRET (the project's secret "
+            "key, which FunnelFox sends in the Fox-Secret-Key header)"
+        )
+    return IngressConfig(
+        secret=secret,
+        redis_url=common.redis_url,
+        event_types=frozenset(_split(ingress.event_types)),
+        accept_sandbox=ingress.accept_sandbox,
+        max_body_bytes=ingress.max_body_bytes,
+        dedupe_ttl_s=common.dedupe_ttl_s,
+        broker_timeout_s=ingress.broker_timeout_s,
+        log_format=common.log_format,
+        log_level=common.log_level,
+    )
+
+
+def _common_settings() -> Settings:
+    # The ingress delivers nothing itself, so it does not insist on a sink as workers do.
+    return load_settings(require_sink=False)

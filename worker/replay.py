@@ -1,0 +1,121 @@
+"""Dead-letter operations behind ``python -m worker dlq``: list, replay, purge.
+
+A replay re-runs the stage that failed: a failed fetch or validation fetches again, a failed
+delivery re-sends the payload that was built (same ``webhook-id``). A session that has no dead
+letter is replayed in full: its delivery records are dropped, so it is delivered again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import redis.asyncio as aioredis
+
+from worker.deadletters import DeadLetter, DeadLetters
+from worker.state import DeliveryState
+from worker.work import Work
+
+SINKS = ("webhook", "stream")
+
+
+@dataclass
+class Replay:
+    """What to send again: fetches, deliveries per sink, and the records to drop after."""
+
+    fetches: list[Work] = field(default_factory=list)
+    deliveries: dict[str, list[Work]] = field(default_factory=dict)
+    letters: list[DeadLetter] = field(default_factory=list)
+    redelivered: list[str] = field(default_factory=list)
+
+
+async def plan_replay(
+    redis: aioredis.Redis, session_ids: Sequence[str], *, dedupe_ttl_s: int
+) -> Replay:
+    """Decide what a replay sends; with no ids, every dead letter."""
+    store = DeadLetters(redis)
+    letters = (
+        [letter async for letter in store.scan()]
+        if not session_ids
+        else await store.find(session_ids)
+    )
+    plan = Replay(letters=letters)
+    for letter in letters:
+        payload = await store.payload(letter) if letter.stage.startswith("deliver:") else None
+        work = Work(letter.session_id, 0, letter.first_seen_at, letter.trigger, payload)
+        if payload is not None:
+            plan.deliveries.setdefault(letter.stage.removeprefix("deliver:"), []).append(work)
+        else:
+            plan.fetches.append(work)
+    # Ids named without a dead letter: the explicit way to deliver a session again.
+    dead_ids = {letter.session_id for letter in letters}
+    plan.redelivered = [sid for sid in dict.fromkeys(session_ids) if sid not in dead_ids]
+    if plan.redelivered:
+        state = DeliveryState(redis, dedupe_ttl_s=dedupe_ttl_s, claim_ttl_s=1)
+        for sink in SINKS:
+            await state.forget(sink, plan.redelivered)
+        plan.fetches += [Work(sid) for sid in plan.redelivered]
+    return plan
+
+
+def replay(
+    redis_url: str,
+    session_ids: Sequence[str],
+    *,
+    dedupe_ttl_s: int,
+    send_fetches: Callable[[list[Work]], None],
+    send_deliveries: Callable[[str, list[Work]], None],
+) -> Replay:
+    """Plan, send, then drop the replayed records (only once their messages are queued)."""
+
+    async def run() -> Replay:
+        redis = aioredis.Redis.from_url(redis_url)
+        try:
+            plan = await plan_replay(redis, session_ids, dedupe_ttl_s=dedupe_ttl_s)
+            if plan.fetches:
+                send_fetches(plan.fetches)
+            for sink, works in plan.deliveries.items():
+                send_deliveries(sink, works)
+            await DeadLetters(redis).remove(plan.letters)
+            return plan
+        finally:
+            await redis.aclose()
+
+    return asyncio.run(run())
+
+
+def purge(redis_url: str, session_ids: Sequence[str]) -> int:
+    """Delete the dead letters of these sessions (all of them with no ids)."""
+
+    async def run() -> int:
+        redis = aioredis.Redis.from_url(redis_url)
+        try:
+            store = DeadLetters(redis)
+            letters = (
+                [letter async for letter in store.scan()]
+                if not session_ids
+                else await store.find(session_ids)
+            )
+            return await store.remove(letters)
+        finally:
+            await redis.aclose()
+
+    return asyncio.run(run())
+
+
+def list_letters(redis_url: str, reason: str | None = None) -> list[DeadLetter]:
+    """Every dead letter, optionally of one reason."""
+
+    async def run() -> list[DeadLetter]:
+        redis = aioredis.Redis.from_url(redis_url)
+        try:
+            return [
+                letter
+                async for letter in DeadLetters(redis).scan()
+                if reason is None or letter.reason == reason
+            ]
+        finally:
+            await redis.aclose()
+
+    return asyncio.run(run())
