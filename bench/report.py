@@ -1,0 +1,224 @@
+"""The results table, the ratios, the machine they were measured on, and ``bench/RESULTS.md``."""
+
+from __future__ import annotations
+
+import os
+import platform
+import subprocess
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from importlib import metadata
+from pathlib import Path
+
+from bench.harness import ROOT
+from bench.measure import Outcome
+
+RESULTS_PATH = Path(__file__).resolve().parent / "RESULTS.md"
+RSS_TARGET_MIB = 300
+_VERSIONS = ("celery", "kombu", "redis", "httpx", "httpx-aiohttp", "aiohttp", "uvloop", "psutil")
+
+METHOD = """\
+- **ours**: ids queued with `python -m worker enqueue -` while no worker runs, then the Procfile's
+  `worker:` line with only REDIS_URL, FUNNELFOX_API_URL, FUNNELFOX_SECRET, WEBHOOK_URL and
+  WEBHOOK_SECRET set (plus PATH and HOME): the shipped defaults otherwise.
+- **textbook**: `bench/textbook.py`, one task per id (sync `httpx.Client` per process, GET then a
+  Standard Webhooks-signed POST), acks_late, `--pool threads -c 32`.
+- **no-op**: `bench/noop.py`, a task that does nothing (acks_late, prefetch 1, task events on, no
+  result backend), prefork ×2 and threads ×32.
+- Every worker runs with the Procfile's flags (`--loglevel=INFO --without-gossip
+  --without-mingle`). The two references drop Celery's log line per task received and done, and
+  httpx's per request (ours drops httpx's itself): logging them cost the textbook recipe about
+  2 ms per session here, which would flatter the ratios.
+- Sessions/s for ours and textbook run from the first `GET /sessions/{id}` the simulator saw to the
+  last POST the receiver accepted (both `time.monotonic()`, one clock machine-wide on Linux).
+  No-op tasks/s run from the first poll (every 10 ms) that finds the queue shorter than N to the
+  first of two polls finding it empty and kombu's `unacked` hash empty.
+- CPU is user + system of the worker's whole process tree between its ` ready.` line and its
+  stop (start-up excluded), divided by the sessions delivered. Peak RSS is the tree's summed RSS,
+  sampled every 50 ms (pages a prefork parent shares with its children counted once per
+  process: an upper bound); peak PSS, sampled every 250 ms, splits shared pages between them.
+- Same Redis (its own database, flushed before each run), simulator and receiver for every run;
+  all three share the machine's cores with the worker measured."""
+
+
+def _fmt(value: float | None, digits: int = 0) -> str:
+    return "—" if value is None else f"{value:,.{digits}f}"
+
+
+def table(outcomes: Sequence[Outcome]) -> str:
+    """The results as a markdown table, one row per contestant and latency."""
+    rows = [
+        "| contestant | pool | upstream | sessions/s | CPU ms/session | peak RSS MiB "
+        "| peak PSS MiB | delivered/N | dup |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for o in outcomes:
+        rows.append(
+            f"| {o.contestant} | {o.pool} | {o.latency_ms:g} ms | {_fmt(o.rate)} "
+            f"| {_fmt(o.cpu_ms_per_item, 2)} | {_fmt(o.peak_rss_mib)} | {_fmt(o.peak_pss_mib)} "
+            f"| {o.delivered}/{o.n} | {o.duplicates} |"
+        )
+    return "\n".join(rows)
+
+
+def _find(outcomes: Sequence[Outcome], contestant: str, latency: float) -> Outcome | None:
+    for o in outcomes:
+        if o.contestant == contestant and o.latency_ms == latency:
+            return o
+    return None
+
+
+def _ratio(a: float | None, b: float | None) -> float | None:
+    return None if a is None or not b else a / b
+
+
+def ratios(outcomes: Sequence[Outcome]) -> list[str]:
+    """Ours against each reference, per latency."""
+    lines = []
+    for latency in sorted({o.latency_ms for o in outcomes}):
+        ours = _find(outcomes, "ours", latency)
+        if ours is None:
+            continue
+        parts = []
+        textbook = _find(outcomes, "textbook", latency)
+        if textbook is not None:
+            speed = _ratio(ours.rate, textbook.rate)
+            cpu = _ratio(textbook.cpu_ms_per_item, ours.cpu_ms_per_item)
+            parts.append(f"ours/textbook {_fmt(speed, 2)}× sessions/s, {_fmt(cpu, 2)}× less CPU")
+        for o in outcomes:
+            if o.latency_ms == latency and o.contestant.startswith("no-op"):
+                parts.append(f"ours/{o.contestant} {_fmt(_ratio(ours.rate, o.rate), 2)}×")
+        if parts:
+            lines.append(f"- {latency:g} ms: " + "; ".join(parts))
+    return lines
+
+
+def targets(outcomes: Sequence[Outcome]) -> list[str]:
+    """The issue's targets, each marked met or not."""
+    lines = []
+    for latency, factor in ((50.0, 2.0), (0.0, 1.0)):
+        ours, textbook = _find(outcomes, "ours", latency), _find(outcomes, "textbook", latency)
+        if ours is None or textbook is None:
+            continue
+        speed = _ratio(ours.rate, textbook.rate)
+        met = speed is not None and speed >= factor and ours.delivered == ours.n
+        lines.append(
+            f"- {latency:g} ms: ours ≥ {factor:g}× textbook: {_fmt(speed, 2)}× → "
+            + ("met" if met else "NOT met")
+        )
+    for ours in (o for o in outcomes if o.contestant == "ours"):
+        met = 0 < ours.peak_rss_mib < RSS_TARGET_MIB
+        lines.append(
+            f"- {ours.latency_ms:g} ms: peak RSS < {RSS_TARGET_MIB} MiB: "
+            f"{_fmt(ours.peak_rss_mib)} MiB summed over {ours.peak_processes} processes → "
+            + ("met" if met else "NOT met")
+            + f" (PSS, shared pages counted once: {_fmt(ours.peak_pss_mib)} MiB)"
+        )
+    return lines
+
+
+def problems(outcomes: Sequence[Outcome], max_log_lines: int = 12) -> list[str]:
+    """Shortfalls, duplicates and log lines at WARNING or above, per run."""
+    lines = []
+    for o in outcomes:
+        if not o.problems and not o.log_lines:
+            continue
+        lines.append(f"- **{o.contestant} @ {o.latency_ms:g} ms**: " + "; ".join(o.problems))
+        if o.log_lines:
+            lines.append(f"  {len(o.log_lines)} log line(s) at WARNING or above, first ones:")
+            lines.append("  ```")
+            lines.extend(f"  {line[:300]}" for line in o.log_lines[:max_log_lines])
+            lines.append("  ```")
+    return lines
+
+
+def details(outcomes: Sequence[Outcome]) -> str:
+    """Per-run figures behind the table."""
+    rows = [
+        "| run | load before | window s | start-up CPU s | work CPU s (main + pool) "
+        "| sim+receiver CPU s | harness CPU s | RSS MiB per process at peak "
+        "| fetches | failed | rejected POSTs | dead letters |",
+        "|---|---:|---:|---:|---:|---:|---:|---|---:|---:|---:|---:|",
+    ]
+    for o in outcomes:
+        split = " + ".join(f"{rss / 2**20:.0f}" for rss in o.peak_rss_split) or "—"
+        rows.append(
+            f"| {o.contestant} @ {o.latency_ms:g} ms | {_fmt(o.load_before, 2)} "
+            f"| {_fmt(o.elapsed_s, 2)} "
+            f"| {_fmt(o.startup_cpu_s, 2)} | {_fmt(o.cpu_s, 2)}{_split(o.cpu_split)} "
+            f"| {_fmt(o.servers_cpu_s, 2)} "
+            f"| {_fmt(o.harness_cpu_s, 2)} | {split} "
+            f"| {o.fetches} | {o.failed_fetches} | {o.rejected_posts} | {o.dead_letters} |"
+        )
+    return "\n".join(rows)
+
+
+def _split(per_process: Sequence[float]) -> str:
+    if len(per_process) < 2:
+        return ""
+    return " (" + " + ".join(f"{cpu:.2f}" for cpu in per_process) + ")"
+
+
+def _read(path: str, key: str) -> str:
+    try:
+        for line in Path(path).read_text().splitlines():
+            name, _, value = line.partition(":")
+            if name.strip() == key:
+                return value.strip()
+    except OSError:
+        pass
+    return "?"
+
+
+def _git_commit() -> str:
+    try:
+        head = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True
+        )
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain"], cwd=ROOT, capture_output=True, text=True
+        )
+    except OSError:
+        return "unknown"
+    if head.returncode != 0:
+        return "unknown"
+    return head.stdout.strip() + (" (with uncommitted changes)" if dirty.stdout.strip() else "")
+
+
+def machine(n: int, redis_version: str, redis_embedded: bool) -> list[str]:
+    """What the figures were measured on."""
+    versions = []
+    for package in _VERSIONS:
+        try:
+            versions.append(f"{package} {metadata.version(package)}")
+        except metadata.PackageNotFoundError:
+            continue
+    memory_kib = _read("/proc/meminfo", "MemTotal").split()[0]
+    memory = f"{int(memory_kib) / 2**20:.1f} GiB" if memory_kib.isdigit() else "?"
+    load = " / ".join(f"{x:.2f}" for x in os.getloadavg())
+    return [
+        f"- date: {datetime.now(UTC).strftime('%Y-%m-%d %H:%M UTC')}; git {_git_commit()}",
+        f"- CPUs: {os.cpu_count()} ({_read('/proc/cpuinfo', 'model name')}); memory {memory}",
+        f"- load average at the end (1/5/15 min): {load}; before each run: see Per run",
+        f"- Python {platform.python_version()} on {platform.platform()}",
+        f"- {', '.join(versions)}",
+        f"- Redis {redis_version}"
+        + (" (embedded, started by the benchmark)" if redis_embedded else ""),
+        f"- N = {n} sessions (or tasks) per run",
+    ]
+
+
+def markdown(outcomes: Sequence[Outcome], machine_lines: Sequence[str]) -> str:
+    """The whole results file."""
+    sections = [
+        "# Benchmark results (`make bench`)",
+        "Written by `python -m bench` on every run; the latest run only.",
+        "## Machine\n" + "\n".join(machine_lines),
+        "## Results\n" + table(outcomes),
+        "## Ratios\n" + ("\n".join(ratios(outcomes)) or "- (ours was not run)"),
+        "## Targets (issue 6)\n" + ("\n".join(targets(outcomes)) or "- (not all contestants run)"),
+        "## Problems\n" + ("\n".join(problems(outcomes)) or "- none"),
+        "## Per run\n" + details(outcomes),
+        "## Method\n" + METHOD,
+    ]
+    return "\n\n".join(sections) + "\n"
