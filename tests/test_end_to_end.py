@@ -11,8 +11,8 @@ from typing import Any
 import jsonschema
 import orjson
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 import redis
+from prometheus_client.parser import text_string_to_metric_families
 
 from tests.conftest import FOX_SECRET
 from tests.processes import ROOT, run_cli, start_worker, wait_until

@@ -11,13 +11,14 @@ from pydantic import SecretStr
 
 from worker import errors
 from worker.fetch import FunnelFoxClient
+from worker.http import HttpSession
 
 API = "https://api.funnelfox.test/public/v1"
 SECRET = "secret_abcdef123456"
 
 
 def client_for(handler: Callable[[httpx.Request], httpx.Response]) -> FunnelFoxClient:
-    http = httpx.AsyncClient(transport=httpx.MockTransport(handler))
+    http = HttpSession(httpx.MockTransport(handler), httpx.Timeout(1))
     return FunnelFoxClient(http, api_url=API + "/", secret=SecretStr(SECRET))
 
 

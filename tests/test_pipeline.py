@@ -18,6 +18,7 @@ from pydantic import SecretStr
 from worker import errors
 from worker.deadletters import DeadLetters
 from worker.fetch import FunnelFoxClient
+from worker.http import HttpSession
 from worker.pipeline import Pipeline, StageResult
 from worker.retry import RetryPolicy
 from worker.sim.sessions import make_session
@@ -60,7 +61,7 @@ def run(
 ) -> T:
     async def main() -> T:
         client = aioredis.Redis.from_url(redis_url)
-        http = httpx.AsyncClient(transport=httpx.MockTransport(upstream))
+        http = HttpSession(httpx.MockTransport(upstream), httpx.Timeout(1))
         pipeline = Pipeline(
             funnelfox=FunnelFoxClient(http, api_url="http://ff.test/v1", secret=SecretStr("s_1")),
             sinks={sink.name: sink for sink in sinks},

@@ -14,15 +14,17 @@ from pydantic import SecretStr
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
 from worker import errors
+from worker.http import HttpSession
 from worker.sinks import Delivery, StreamSink, WebhookSink
 
 SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
 URL = "https://hooks.example.test/in?token=abc"
+TIMEOUT = httpx.Timeout(1)
 PAYLOAD = orjson.dumps({"type": "session.enriched", "data": {"note": "Zürich 🙂"}})
 
 
 def webhook_sink(handler: httpx.MockTransport) -> WebhookSink:
-    return WebhookSink(httpx.AsyncClient(transport=handler), url=URL, secret=SecretStr(SECRET))
+    return WebhookSink(HttpSession(handler, TIMEOUT), url=URL, secret=SecretStr(SECRET))
 
 
 def post(
@@ -59,7 +61,9 @@ def test_a_tampered_body_fails_verification() -> None:
 
 def test_webhook_id_is_stable_per_session_and_destination() -> None:
     sink = webhook_sink(httpx.MockTransport(lambda r: httpx.Response(204)))
-    other = WebhookSink(httpx.AsyncClient(), url=URL + "x", secret=SecretStr(SECRET))
+    other = WebhookSink(
+        HttpSession(httpx.AsyncHTTPTransport(), TIMEOUT), url=URL + "x", secret=SecretStr(SECRET)
+    )
     assert sink.message_id("ses_1") == sink.message_id("ses_1")
     assert sink.message_id("ses_1") != sink.message_id("ses_2")
     assert sink.message_id("ses_1") != other.message_id("ses_1")

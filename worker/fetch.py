@@ -6,7 +6,7 @@ import httpx
 from pydantic import SecretStr
 
 from worker import errors
-from worker.http import excerpt, parse_retry_after, translate_transport_error
+from worker.http import HttpSession, excerpt, parse_retry_after, translate_transport_error
 from worker.ids import check_session_id
 
 # What public FunnelFox clients retry (FACTS.md), plus 425 Too Early; 524 is Cloudflare's timeout.
@@ -16,7 +16,7 @@ RETRYABLE_STATUSES = frozenset({408, 425, 429, 500, 502, 503, 504, 524})
 class FunnelFoxClient:
     """Reads sessions with the project's secret over a shared, pooled client."""
 
-    def __init__(self, http: httpx.AsyncClient, *, api_url: str, secret: SecretStr) -> None:
+    def __init__(self, http: HttpSession, *, api_url: str, secret: SecretStr) -> None:
         self._http = http
         self._api_url = api_url.rstrip("/")
         self._headers = {"Fox-Secret": secret.get_secret_value(), "Accept": "application/json"}
@@ -25,8 +25,8 @@ class FunnelFoxClient:
         """The session's JSON body, or a classified StageError."""
         check_session_id(session_id)
         try:
-            response = await self._http.get(
-                f"{self._api_url}/sessions/{session_id}", headers=self._headers
+            response = await self._http.request(
+                "GET", f"{self._api_url}/sessions/{session_id}", headers=self._headers
             )
         except httpx.HTTPError as exc:
             raise translate_transport_error(

@@ -11,13 +11,12 @@ import os
 from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
 
-import httpx
 import redis.asyncio as aioredis
 
 from config import Settings
 from worker.deadletters import DeadLetters
 from worker.fetch import FunnelFoxClient
-from worker.http import make_client
+from worker.http import HttpSession, make_session
 from worker.pipeline import Pipeline
 from worker.ratelimit import FleetRateLimit
 from worker.redact import make_scrubber, url_secrets
@@ -55,7 +54,7 @@ class Runtime:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.loop = new_event_loop()
-        self._clients: list[httpx.AsyncClient] = []
+        self._clients: list[HttpSession] = []
         self.redis = redis_client(settings.redis_url)
         self.pipeline = self._build_pipeline()
 
@@ -105,8 +104,8 @@ class Runtime:
             self.redis, stream=settings.output_stream, maxlen=settings.output_stream_maxlen
         )
 
-    def _client(self, timeout_s: float, max_connections: int) -> httpx.AsyncClient:
-        client = make_client(timeout_s=timeout_s, max_connections=max_connections)
+    def _client(self, timeout_s: float, max_connections: int) -> HttpSession:
+        client = make_session(timeout_s=timeout_s, max_connections=max_connections)
         self._clients.append(client)
         return client
 

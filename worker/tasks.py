@@ -9,17 +9,18 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Coroutine, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from celery import Task
 from celery.exceptions import Reject, Retry
 
 from worker.app import app, settings
 from worker.celeryconfig import delivery_queue
-from worker.pipeline import Pipeline, StageResult
 from worker.retry import RetryPolicy
-from worker.runtime import get_runtime
 from worker.work import Work
+
+if TYPE_CHECKING:
+    from worker.pipeline import Pipeline, StageResult
 
 log = logging.getLogger("worker.tasks")
 
@@ -39,6 +40,10 @@ def _process(
     task: Task, stage: str, run_stage: Callable[[Pipeline], Coroutine[Any, Any, StageResult]]
 ) -> None:
     """Run a stage and queue what it decided; on a failure of the whole, retry the message."""
+    # Imported here, in the pool process, not in the prefork parent: the parent never runs a
+    # stage, and every module it loads is counted again in each child's resident memory.
+    from worker.runtime import get_runtime
+
     try:
         runtime = get_runtime(settings)
         result = runtime.run(run_stage(runtime.pipeline))

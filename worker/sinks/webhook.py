@@ -13,7 +13,7 @@ from pydantic import SecretStr
 from standardwebhooks.webhooks import Webhook
 
 from worker import errors
-from worker.http import excerpt, parse_retry_after, translate_transport_error
+from worker.http import HttpSession, excerpt, parse_retry_after, translate_transport_error
 from worker.sinks.base import Delivery, Outcome, Sink
 
 
@@ -22,9 +22,10 @@ class WebhookSink(Sink):
 
     name = "webhook"
 
-    def __init__(self, http: httpx.AsyncClient, *, url: str, secret: SecretStr) -> None:
+    def __init__(self, http: HttpSession, *, url: str, secret: SecretStr) -> None:
         self._http = http
         self._url = url
+        self._parsed_url = httpx.URL(url)  # parsed once, not on every POST
         self._signer = Webhook(secret.get_secret_value())
 
     def message_id(self, session_id: str) -> str:
@@ -55,7 +56,9 @@ class WebhookSink(Sink):
     async def _post(self, delivery: Delivery) -> errors.StageError | None:
         headers = self.headers(delivery.session_id, delivery.payload, datetime.now(UTC))
         try:
-            response = await self._http.post(self._url, content=delivery.payload, headers=headers)
+            response = await self._http.request(
+                "POST", self._parsed_url, content=delivery.payload, headers=headers
+            )
         except Exception as exc:  # translated at this boundary, nowhere else
             return translate_transport_error(
                 exc, unavailable=errors.SinkUnavailable, rejected=errors.SinkRejected
