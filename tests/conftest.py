@@ -51,6 +51,13 @@ def redis_client(redis_url: str) -> Iterator[redis.Redis]:
 
 
 @pytest.fixture
+def aof_redis() -> Iterator[EmbeddedRedis]:
+    """A Redis of the test's own with AOF on (fsync always), to be killed and restarted."""
+    with EmbeddedRedis(appendonly=True) as server:
+        yield server
+
+
+@pytest.fixture
 def simulator() -> Iterator[FunnelFoxSimulator]:
     """The FunnelFox simulator on a free port."""
     sim = FunnelFoxSimulator(secret=FOX_SECRET)

@@ -5,7 +5,6 @@ right reason, and no secret shows in any log or dead letter."""
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Iterator
 
 import orjson
 import pytest
@@ -47,12 +46,6 @@ DEAD = {
     "ses_ch302-h302": ("deliver:webhook", "rejected"),
     "ses_chexhaust-h503": ("deliver:webhook", "retries_exhausted"),
 }
-
-
-@pytest.fixture
-def aof_redis() -> Iterator[EmbeddedRedis]:
-    with EmbeddedRedis(appendonly=True) as server:
-        yield server
 
 
 def test_fault_injection_run(

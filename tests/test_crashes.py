@@ -9,7 +9,6 @@ from __future__ import annotations
 import signal
 import time
 from collections import defaultdict
-from collections.abc import Iterator
 
 import pytest
 import redis
@@ -114,12 +113,6 @@ def test_sigterm_finishes_in_flight_work_and_returns_the_rest(
     assert sorted(per_session) == ids
     # Nothing had to wait for the visibility timeout: a warm shutdown leaves nothing unacked.
     assert _in_flight(redis_client) == 0, (redis_client.hgetall("unacked"), successor.output)
-
-
-@pytest.fixture
-def aof_redis() -> Iterator[EmbeddedRedis]:
-    with EmbeddedRedis(appendonly=True) as server:
-        yield server
 
 
 def test_redis_restart_loses_nothing(

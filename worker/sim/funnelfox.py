@@ -10,7 +10,6 @@ import re
 import threading
 import time
 from collections.abc import Mapping
-from types import TracebackType
 from typing import Any
 
 import orjson
@@ -18,9 +17,9 @@ from aiohttp import web
 
 from worker.sim.faults import parse_faults, parse_funnel_faults
 from worker.sim.server import (
+    BackgroundServer,
     Handler,
     Route,
-    ServerThread,
     apply_faults,
     dispatch,
     display_host,
@@ -53,8 +52,10 @@ def decode_cursor(cursor: str) -> tuple[int, int]:
     return decoded
 
 
-class FunnelFoxSimulator:
+class FunnelFoxSimulator(BackgroundServer):
     """The fake API; ``start()`` serves it in a background thread, ``main()`` in the foreground."""
+
+    thread_name = "funnelfox-sim"
 
     def __init__(
         self,
@@ -81,7 +82,6 @@ class FunnelFoxSimulator:
         self._list_requests: list[dict[str, Any]] = []
         self._page_two: dict[str, int] = {}
         self._total = 0
-        self._server: ServerThread | None = None
         self._session_path = self.prefix + "/sessions/"
         self._routes: dict[Route, Handler] = {
             ("GET", self.prefix + "/sessions"): self._list_sessions,
@@ -97,29 +97,10 @@ class FunnelFoxSimulator:
         """The API base URL, as a client would configure it."""
         return f"http://{display_host(self.host)}:{self.port}{self.prefix}"
 
-    def start(self) -> str:
-        """Serve in a daemon thread and return the base URL."""
-        self._server = ServerThread(self.handle, self.host, self.port, name="funnelfox-sim")
-        self.port = self._server.start()
+    @property
+    def address(self) -> str:
+        """The API base URL."""
         return self.base_url
-
-    def stop(self) -> None:
-        """Stop serving."""
-        if self._server is not None:
-            self._server.stop()
-            self._server = None
-
-    def __enter__(self) -> FunnelFoxSimulator:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
     async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
         """Answer one HTTP request (the API and the ``/_sim`` control routes)."""

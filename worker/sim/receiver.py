@@ -10,7 +10,6 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from types import TracebackType
 from typing import Any
 
 import orjson
@@ -19,9 +18,9 @@ from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
 from worker.sim.faults import parse_faults
 from worker.sim.server import (
+    BackgroundServer,
     Handler,
     Route,
-    ServerThread,
     apply_faults,
     dispatch,
     display_host,
@@ -93,8 +92,10 @@ def session_id_of(payload: Any) -> str:
     return ""
 
 
-class WebhookReceiver:
+class WebhookReceiver(BackgroundServer):
     """The fake downstream; ``start()`` serves it in a background thread."""
+
+    thread_name = "webhook-receiver"
 
     def __init__(
         self,
@@ -120,7 +121,6 @@ class WebhookReceiver:
         self._counts: dict[str, int] = {}
         # Set (and dropped) on every accepted delivery to wake HTTP long-polls on the loop.
         self._tick: asyncio.Event | None = None
-        self._server: ServerThread | None = None
         self._routes: dict[Route, Handler] = {
             ("GET", "/_recv/deliveries"): self._get_deliveries,
             ("GET", "/_recv/attempts"): self._get_attempts,
@@ -135,29 +135,10 @@ class WebhookReceiver:
         """The webhook URL to configure in the sender."""
         return f"http://{display_host(self.host)}:{self.port}/hook"
 
-    def start(self) -> str:
-        """Serve in a daemon thread and return the hook URL."""
-        self._server = ServerThread(self.handle, self.host, self.port, name="webhook-receiver")
-        self.port = self._server.start()
+    @property
+    def address(self) -> str:
+        """The hook URL."""
         return self.url
-
-    def stop(self) -> None:
-        """Stop serving."""
-        if self._server is not None:
-            self._server.stop()
-            self._server = None
-
-    def __enter__(self) -> WebhookReceiver:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
     async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
         """Answer one HTTP request (``POST /hook…`` and the ``/_recv`` control routes)."""

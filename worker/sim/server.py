@@ -6,11 +6,13 @@ import asyncio
 import signal
 import threading
 import time
+from abc import ABC, abstractmethod
 from collections.abc import Awaitable, Callable, Mapping
 from email.utils import formatdate
 from functools import lru_cache
 from http import HTTPStatus
-from typing import NamedTuple
+from types import TracebackType
+from typing import ClassVar, NamedTuple, Self
 
 import orjson
 from aiohttp import web
@@ -195,3 +197,45 @@ def run_foreground(handler: Handler, host: str, port: int, on_ready: Callable[[i
 
     with asyncio.Runner(loop_factory=new_event_loop) as runner:
         runner.run(main())
+
+
+class BackgroundServer(ABC):
+    """A fake server run in a daemon thread: ``start()``/``stop()`` or a ``with`` block."""
+
+    thread_name: ClassVar[str]
+    host: str
+    port: int
+    _server: ServerThread | None = None
+
+    @property
+    @abstractmethod
+    def address(self) -> str:
+        """What a client configures to reach it."""
+
+    @abstractmethod
+    async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
+        """Answer one HTTP request."""
+
+    def start(self) -> str:
+        """Serve in a daemon thread (port 0 picks a free port) and return the address."""
+        self._server = ServerThread(self.handle, self.host, self.port, name=self.thread_name)
+        self.port = self._server.start()
+        return self.address
+
+    def stop(self) -> None:
+        """Stop serving."""
+        if self._server is not None:
+            self._server.stop()
+            self._server = None
+
+    def __enter__(self) -> Self:
+        self.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
