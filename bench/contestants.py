@@ -21,8 +21,6 @@ from bench.harness import (
     TreeMonitor,
     base_env,
     cpu_seconds,
-    procfile_command,
-    venv_command,
     wait_until,
 )
 from bench.measure import (
@@ -35,6 +33,7 @@ from bench.measure import (
 )
 from bench.services import BenchRedis, Receiver, Simulator
 from worker.deadletters import RECORDS_KEY
+from worker.procfile import local_command, procfile_command
 
 READY = " ready."
 START_TIMEOUT_S = 60.0
@@ -172,7 +171,7 @@ def run_ours(bench: Bench, latency_ms: float) -> Outcome:
         outcome.problems.append(f"enqueue failed ({queued.returncode}): {queued.stderr.strip()}")
         return outcome
     started = time.monotonic()
-    command = venv_command(procfile_command("worker"))
+    command = local_command(procfile_command("worker"))
     _run_worker(bench, outcome, "ours", command, env, _until_delivered(bench.receiver, bench.n))
     analyse_deliveries(
         outcome,
@@ -209,7 +208,7 @@ def run_textbook(bench: Bench, latency_ms: float) -> Outcome:
     send_tasks(bench.redis.url, textbook.TASK, textbook.QUEUE, [(i,) for i in ids], events=False)
     started = time.monotonic()
     pool = ["--pool", "threads", "-c", str(textbook.CONCURRENCY)]
-    command = venv_command(["celery", "-A", "bench.textbook", "worker", *pool, *CELERY_FLAGS])
+    command = local_command(["celery", "-A", "bench.textbook", "worker", *pool, *CELERY_FLAGS])
     waiter = _until_delivered(bench.receiver, bench.n)
     _run_worker(bench, outcome, "textbook", command, bench.worker_env(), waiter)
     analyse_deliveries(
@@ -239,7 +238,7 @@ def run_noop(bench: Bench, latency_ms: float, pool: str, concurrency: int) -> Ou
         return False
 
     options = ["--pool", pool, "-c", str(concurrency)]
-    command = venv_command(["celery", "-A", "bench.noop", "worker", *options, *CELERY_FLAGS])
+    command = local_command(["celery", "-A", "bench.noop", "worker", *options, *CELERY_FLAGS])
     env = base_env({"REDIS_URL": bench.redis.url})
     try:
         _run_worker(bench, outcome, f"noop-{pool}", command, env, drained)

@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import contextlib
 import os
-import shlex
 import signal
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
@@ -22,24 +20,8 @@ except ImportError:  # pragma: no cover - said once, clearly, instead of a trace
     ) from None
 
 ROOT = Path(__file__).resolve().parent.parent
-VENV_BIN = Path(sys.executable).parent
 
 _children: list[Child] = []
-
-
-def procfile_command(name: str) -> list[str]:
-    """The command of one Procfile line, split as a shell would."""
-    for line in (ROOT / "Procfile").read_text().splitlines():
-        key, _, command = line.partition(":")
-        if key.strip() == name:
-            return shlex.split(command)
-    raise KeyError(f"no {name}: line in the Procfile")
-
-
-def venv_command(command: list[str]) -> list[str]:
-    """``command`` with its program taken from this virtualenv's bin when it is there."""
-    program = VENV_BIN / command[0]
-    return [str(program), *command[1:]] if program.exists() else list(command)
 
 
 def base_env(extra: Mapping[str, str]) -> dict[str, str]:

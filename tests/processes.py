@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import shlex
 import signal
 import subprocess
 import sys
@@ -17,16 +16,9 @@ from typing import Any
 
 import orjson
 
+from worker.procfile import local_command, procfile_command
+
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def procfile_command(name: str) -> list[str]:
-    """The command of one Procfile line, split as a shell would."""
-    for line in (ROOT / "Procfile").read_text().splitlines():
-        key, _, command = line.partition(":")
-        if key.strip() == name:
-            return shlex.split(command)
-    raise KeyError(f"no {name}: line in the Procfile")
 
 
 def wait_until(condition: Callable[[], bool], timeout_s: float, interval_s: float = 0.05) -> bool:
@@ -125,8 +117,7 @@ class Process:
 
 def start_worker(env: Mapping[str, str], *, extra_args: list[str] | None = None) -> Process:
     """The Procfile's worker: line, with a unique node name, waiting until it is ready."""
-    command = procfile_command("worker")
-    command[0] = str(Path(sys.executable).with_name(command[0]))
+    command = local_command(procfile_command("worker"))
     command += ["-n", f"test-{uuid.uuid4().hex[:8]}@%h", *(extra_args or [])]
     process = Process(command, env, name="worker")
     if not process.wait_for_output(" ready.", timeout_s=60):

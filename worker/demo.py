@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import os
 import secrets
-import shlex
 import subprocess
 import sys
 import tempfile
@@ -21,6 +20,7 @@ from typing import Any
 
 import redis
 
+from worker.procfile import local_command, procfile_command
 from worker.sim.funnelfox import DEFAULT_SECRET, FunnelFoxSimulator
 from worker.sim.receiver import DEMO_WEBHOOK_SECRET, Attempt, WebhookReceiver
 from worker.sim.redis_server import ensure_redis
@@ -28,17 +28,6 @@ from worker.sim.redis_server import ensure_redis
 ROOT = Path(__file__).resolve().parent.parent
 STREAM = "funnelfox:demo:enriched"
 TIMEOUT_S = 90
-
-
-def procfile_worker_command() -> list[str]:
-    """The Procfile's worker: line, with the executable taken from this environment."""
-    for line in (ROOT / "Procfile").read_text().splitlines():
-        name, _, command = line.partition(":")
-        if name.strip() == "worker":
-            argv = shlex.split(command)
-            argv[0] = str(Path(sys.executable).with_name(argv[0]))
-            return argv
-    raise SystemExit("the Procfile has no worker: line")
 
 
 def sample_ids(run: str) -> tuple[list[str], list[str], list[str]]:
@@ -118,7 +107,7 @@ def main() -> int:
         print(f"\nstarting the worker (Procfile worker: line; its log: {log_path})")
         with log_path.open("wb") as log:
             worker = subprocess.Popen(  # noqa: S603 - the Procfile line, no shell
-                procfile_worker_command(), env=env, cwd=ROOT, stdout=log, stderr=log
+                local_command(procfile_command("worker")), env=env, cwd=ROOT, stdout=log, stderr=log
             )
         print("payloads arriving at the receiver:")
         arrived = receiver.wait_for(len(delivered), timeout=TIMEOUT_S, distinct=True)
