@@ -113,6 +113,8 @@ class Settings(BaseSettings):
     dedupe_ttl_s: int = Field(7 * 24 * 3600, ge=1)
     log_format: Literal["text", "json"] = "text"
     log_level: str = "INFO"
+    # Off: no log line names an IP address (uvicorn's access log would) unless opted in.
+    log_client_ips: bool = False
 
     funnelfox: FunnelFoxSettings = Field(default_factory=FunnelFoxSettings)
     webhook: WebhookSettings = Field(default_factory=WebhookSettings)

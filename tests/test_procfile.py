@@ -123,6 +123,18 @@ def test_web_line_answers_health_and_readiness(
     # conventional "terminated by SIGTERM" status rather than 0.
     stop_cleanly(web, expected=-signal.SIGTERM)
     assert "Application shutdown complete." in web.output
+    # No access-log line: it would name the client's IP, and that is opt-in.
+    assert '"GET /healthz' not in web.output
+
+
+def test_web_access_log_is_opt_in(worker_env: dict[str, str], processes: list[Process]) -> None:
+    port = free_port()
+    web = start_line("web", {**worker_env, "LOG_CLIENT_IPS": "true"}, port)
+    processes.append(web)
+    base = f"http://127.0.0.1:{port}"
+    assert wait_until(lambda: answers(f"{base}/healthz") == 200, 30), web.output
+    assert wait_until(lambda: "127.0.0.1" in web.output and '"GET /healthz' in web.output, 10)
+    stop_cleanly(web, expected=-signal.SIGTERM)
 
 
 def flower_env(worker_env: dict[str, str], tmp_path: Path) -> dict[str, str]:

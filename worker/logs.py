@@ -61,8 +61,12 @@ class TextFormatter(logging.Formatter):
         return line
 
 
-def configure_logging(log_format: str, level: str) -> None:
-    """Install one stderr handler on the root logger; quiet the per-request library logs."""
+def configure_logging(log_format: str, level: str, *, client_ips: bool = False) -> None:
+    """Install one stderr handler on the root logger; quiet the per-request library logs.
+
+    uvicorn's access log names each client's IP address: it stays off unless the user opts
+    in (LOG_CLIENT_IPS=true). No other line of this project carries an IP.
+    """
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter() if log_format == "json" else TextFormatter())
     root = logging.getLogger()
@@ -71,3 +75,4 @@ def configure_logging(log_format: str, level: str) -> None:
     # httpx logs every request at INFO: at thousands a second that is the cost of the work.
     for noisy in ("httpx", "httpcore", "aiohttp.access"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    logging.getLogger("uvicorn.access").disabled = not client_ips

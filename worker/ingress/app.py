@@ -25,5 +25,5 @@ def _load() -> IngressConfig:
 
 
 config = _load()
-configure_logging(config.log_format, config.log_level)
+configure_logging(config.log_format, config.log_level, client_ips=config.log_client_ips)
 app: Starlette = create_app(config)

@@ -50,6 +50,7 @@ class IngressConfig:
     broker_timeout_s: float = 0.5
     log_format: str = "text"
     log_level: str = "INFO"
+    log_client_ips: bool = False
 
 
 def _split(value: str) -> list[str]:
@@ -79,6 +80,7 @@ def load_config() -> IngressConfig:
         broker_timeout_s=ingress.broker_timeout_s,
         log_format=common.log_format,
         log_level=common.log_level,
+        log_client_ips=common.log_client_ips,
     )
 
 
