@@ -4,6 +4,7 @@ right reason, and no secret shows in any log or dead letter."""
 
 from __future__ import annotations
 
+import time
 from collections import defaultdict
 
 import orjson
@@ -11,7 +12,16 @@ import pytest
 import redis
 
 from tests.conftest import FOX_SECRET
-from tests.processes import dead_letters, run_cli, settled, start_worker, wait_until
+from tests.processes import (
+    broker_state,
+    dead_letters,
+    resume_consuming,
+    run_cli,
+    settled,
+    start_worker,
+    stop_consuming,
+    wait_until,
+)
 from worker.sim.funnelfox import FunnelFoxSimulator
 from worker.sim.receiver import DEMO_WEBHOOK_SECRET, WebhookReceiver
 from worker.sim.redis_server import EmbeddedRedis
@@ -75,15 +85,25 @@ def test_fault_injection_run(
     simulator.set_latency(400)
     first = start_worker(env)
     assert wait_until(lambda: receiver.accepted_count(distinct=True) >= 3, 30), first.output
+    stop_consuming(first, env)  # see stop_consuming: outside kombu's pop-then-record window
     first.kill()  # mid-flight: batches in progress, retries waiting in its memory
+    killed_at = time.strftime("%H:%M:%S")
     logs.append(first.output)
 
     second = start_worker(env)
     try:
         assert wait_until(lambda: receiver.accepted_count(distinct=True) >= 15, 60), second.output
+        stop_consuming(second, env)  # retries and deliveries stay in progress in the worker
         aof_redis.restart(kill=True)
+        restarted_at = time.strftime("%H:%M:%S")
+        resume_consuming(second, env)
         simulator.set_latency(0)
-        assert wait_until(lambda: settled(receiver, client, DELIVERED, DEAD), 120), second.output
+        assert wait_until(lambda: settled(receiver, client, DELIVERED, DEAD), 120), (
+            broker_state(client, receiver, DELIVERED)
+            + f"\nkilled at {killed_at}, restarted at {restarted_at}\nFIRST\n{logs[0]}"
+            + "\nSECOND\n"
+            + second.output
+        )
     finally:
         second.stop()
         logs.append(second.output)

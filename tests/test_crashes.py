@@ -7,6 +7,8 @@ sessions come back within seconds; everything else is as in production.
 from __future__ import annotations
 
 import signal
+import subprocess
+import sys
 import time
 from collections import defaultdict
 
@@ -14,7 +16,16 @@ import pytest
 import redis
 
 from tests.conftest import FOX_SECRET
-from tests.processes import dead_letters, run_cli, settled, start_worker, wait_until
+from tests.processes import (
+    ROOT,
+    dead_letters,
+    resume_consuming,
+    run_cli,
+    settled,
+    start_worker,
+    stop_consuming,
+    wait_until,
+)
 from worker.sim.funnelfox import FunnelFoxSimulator
 from worker.sim.receiver import DEMO_WEBHOOK_SECRET, WebhookReceiver
 from worker.sim.redis_server import EmbeddedRedis
@@ -64,6 +75,10 @@ def test_sigkilled_workers_sessions_are_delivered_by_another(
     assert wait_until(lambda: _in_flight(redis_client) >= 2, 20), doomed.output
     doomed.kill()  # SIGKILL to the whole process group: no warm shutdown, no acks
     killed_at = time.monotonic()
+    # As if a worker of this fleet had died in the middle of a restore sweep, holding kombu's
+    # sweep lock for as long as the worker's settings make it live (kombu's default: 300 s).
+    lock_s = sweep_lock_expiry_s(crash_env)
+    redis_client.set("unacked_mutex", "a-dead-worker", px=int(lock_s * 1000))
     assert receiver.accepted_count() == 0, "the kill came before any delivery"
     simulator.set_latency(0)
 
@@ -80,6 +95,24 @@ def test_sigkilled_workers_sessions_are_delivered_by_another(
     per_session = one_webhook_id_each(receiver)
     assert sorted(per_session) == ids
     assert all(len(webhook_ids) == 1 for webhook_ids in per_session.values())
+
+
+def sweep_lock_expiry_s(env: dict[str, str]) -> float:
+    """How long the worker these variables configure holds kombu's restore-sweep lock."""
+    code = (
+        "from worker.app import app\n"
+        "print(app.conf.broker_transport_options.get('unacked_mutex_expire', 300))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    ).stdout
+    return float(out.strip())
 
 
 def _in_flight(client: redis.Redis) -> int:
@@ -136,7 +169,9 @@ def test_redis_restart_loses_nothing(
     client = redis.Redis.from_url(aof_redis.url)
     try:
         assert wait_until(lambda: receiver.accepted_count(distinct=True) >= 5, 30), worker.output
+        stop_consuming(worker, env)  # see stop_consuming; retries stay in progress
         aof_redis.restart(kill=True)  # SIGKILL: only what the AOF holds survives
+        resume_consuming(worker, env)
         simulator.set_latency(0)
         delivered = plain + retrying
         assert wait_until(

@@ -151,3 +151,29 @@ def _args(message: dict[str, Any]) -> Any:
 
     body = orjson.loads(base64.b64decode(message["body"]))
     return body[0]
+
+
+def test_each_message_lands_in_its_own_queue_only(
+    worker_env: dict[str, str], redis_client: redis.Redis
+) -> None:
+    """Once a worker has declared every queue, a message still goes to one queue, not all."""
+    worker = start_worker(worker_env)  # declares enrich, deliver.webhook, deliver.stream
+    worker.stop()
+    send = (
+        "from worker.tasks import send_deliveries, send_fetches\n"
+        "from worker.work import Work\n"
+        "send_fetches([Work('ses_q1')])\n"
+        "send_deliveries('webhook', [Work('ses_q2', payload=b'{}')])\n"
+    )
+    sent = subprocess.run(
+        [sys.executable, "-c", send],
+        env=worker_env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert sent.returncode == 0, sent.stderr
+    lengths = {q: redis_client.llen(q) for q in ("enrich", "deliver.webhook", "deliver.stream")}
+    assert lengths == {"enrich": 1, "deliver.webhook": 1, "deliver.stream": 0}

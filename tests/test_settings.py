@@ -156,3 +156,9 @@ def test_celery_gets_the_visibility_timeout_and_at_least_once_settings(
     assert conf["task_reject_on_worker_lost"] is True
     assert conf["worker_prefetch_multiplier"] == 1
     assert conf["result_backend"] is None
+    transport = conf["broker_transport_options"]
+    # Abandoned messages are swept for every quarter of the visibility timeout (at most 10 s),
+    # and a sweep's lock never outlives a sweep interval.
+    assert transport["unacked_restore_interval"] == 10
+    assert transport["unacked_restore_throttle"] == 1
+    assert transport["unacked_mutex_expire"] <= transport["unacked_restore_interval"]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from kombu.entity import Queue
+from kombu.entity import Exchange, Queue
 
 from config import ConfigError, Settings
 
@@ -15,6 +15,16 @@ SINK_QUEUES = {"webhook": "deliver.webhook", "stream": "deliver.stream"}
 def delivery_queue(sink: str) -> str:
     """The queue a sink's deliveries wait in, so a slow sink never holds up another."""
     return SINK_QUEUES.get(sink, f"deliver.{sink}")
+
+
+def own_queue(name: str) -> Queue:
+    """A queue on a direct exchange of its own name, bound by its own name.
+
+    A bare ``Queue(name)`` in ``task_queues`` takes Celery's default exchange and routing key
+    ("enrich"), which binds every queue to the same key: each message would be copied into
+    all three queues. Producers that name a queue (``queue="enrich"``) get this same shape.
+    """
+    return Queue(name, Exchange(name, type="direct"), routing_key=name)
 
 
 def task_time_limit_s(settings: Settings) -> int:
@@ -52,6 +62,11 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "retry_on_timeout": True,
         "max_connections": max(20, 4 * settings.worker_concurrency),
         "unacked_restore_interval": restore_interval_s(settings),
+        # The sweep holds a lock in Redis while it runs (milliseconds). kombu's default expiry
+        # (300 s) means that a worker dying, or Redis restarting, mid-sweep blocks every sweep
+        # for five minutes (seen in tests/test_chaos.py). A concurrent sweep is harmless:
+        # each restore is a WATCH/MULTI transaction on the unacked hash.
+        "unacked_mutex_expire": restore_interval_s(settings),
         # 1 = scan on every sweep; the default (10) would make the period ten times longer.
         "unacked_restore_throttle": 1,
     }
@@ -67,7 +82,7 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "task_default_queue": FETCH_QUEUE,
         # A worker consumes every queue unless told otherwise (-Q), so one process is enough;
         # dedicated workers per queue are a -Q away.
-        "task_queues": [Queue(FETCH_QUEUE), *(Queue(q) for q in SINK_QUEUES.values())],
+        "task_queues": [own_queue(FETCH_QUEUE), *map(own_queue, SINK_QUEUES.values())],
         "task_acks_late": True,
         "task_reject_on_worker_lost": True,
         # A task that hits its time limit goes back to the queue rather than being acked away.

@@ -10,9 +10,9 @@ from __future__ import annotations
 from typing import Any, Protocol
 
 from celery import Celery
-from kombu.entity import Queue
 
 from worker.celeryconfig import FETCH_QUEUE as QUEUE
+from worker.celeryconfig import own_queue
 
 TASK_NAME = "worker.tasks.enrich_session"
 POOL_SIZE = 16
@@ -46,7 +46,7 @@ def producer_config(broker_url: str, timeout_s: float) -> dict[str, Any]:
         "result_backend": None,
         "task_ignore_result": True,
         "task_default_queue": QUEUE,
-        "task_queues": [Queue(QUEUE)],  # type: ignore[no-untyped-call]
+        "task_queues": [own_queue(QUEUE)],
         "task_send_sent_event": True,
     }
 
