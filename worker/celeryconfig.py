@@ -20,9 +20,10 @@ def delivery_queue(sink: str) -> str:
 def own_queue(name: str) -> Queue:
     """A queue on a direct exchange of its own name, bound by its own name.
 
-    A bare ``Queue(name)`` in ``task_queues`` takes Celery's default exchange and routing key
-    ("enrich"), which binds every queue to the same key: each message would be copied into
-    all three queues. Producers that name a queue (``queue="enrich"``) get this same shape.
+    A bare ``Queue(name)`` in ``task_queues`` takes the default queue's exchange and routing
+    key ("enrich"), so the worker declared all three queues bound to one key. Celery publishes
+    by queue name, so nothing was misrouted, but anything that routes by exchange (a producer
+    elsewhere, a restore) would have copied a message into every queue.
     """
     return Queue(name, Exchange(name, type="direct"), routing_key=name)
 
