@@ -130,6 +130,22 @@ def start_worker(env: Mapping[str, str], *, extra_args: list[str] | None = None)
     return process
 
 
+def run_python(code: str, env: Mapping[str, str], *, check: bool = True) -> str:
+    """Run a snippet in a child process with ``env`` (the project's settings); its stdout."""
+    done = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=ROOT,
+        env=dict(env),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    if check and done.returncode != 0:
+        raise AssertionError(f"snippet failed:\n{code}\n{done.stderr}")
+    return done.stdout
+
+
 def run_cli(
     args: list[str], env: Mapping[str, str], *, stdin: str | None = None, timeout_s: float = 60
 ) -> subprocess.CompletedProcess[str]:

@@ -7,8 +7,6 @@ sessions come back within seconds; everything else is as in production.
 from __future__ import annotations
 
 import signal
-import subprocess
-import sys
 import time
 from collections import defaultdict
 
@@ -17,10 +15,10 @@ import redis
 
 from tests.conftest import FOX_SECRET
 from tests.processes import (
-    ROOT,
     dead_letters,
     resume_consuming,
     run_cli,
+    run_python,
     settled,
     start_worker,
     stop_consuming,
@@ -103,15 +101,7 @@ def sweep_lock_expiry_s(env: dict[str, str]) -> float:
         "from worker.app import app\n"
         "print(app.conf.broker_transport_options.get('unacked_mutex_expire', 300))"
     )
-    out = subprocess.run(
-        [sys.executable, "-c", code],
-        env=env,
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=True,
-    ).stdout
+    out = run_python(code, env)
     return float(out.strip())
 
 

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from collections import Counter
 from typing import Any
 
@@ -15,7 +13,7 @@ import redis
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.conftest import FOX_SECRET
-from tests.processes import ROOT, run_cli, start_worker, wait_until
+from tests.processes import run_cli, run_python, start_worker, wait_until
 from worker.metrics import render as render_metrics
 from worker.schema import PUBLISHED
 from worker.sim.funnelfox import FunnelFoxSimulator
@@ -111,16 +109,7 @@ def test_a_foreign_producers_bad_id_is_dead_lettered_without_a_request(
         "enrich_session.delay('../../admin')\n"
         "enrich_session.delay('ses_fine')\n"
     )
-    sent = subprocess.run(
-        [sys.executable, "-c", send],
-        env=worker_env,
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-    assert sent.returncode == 0, sent.stderr
+    run_python(send, worker_env)
     worker = start_worker(worker_env)
     try:
         assert wait_until(lambda: redis_client.hexists("ffe:dlq", "fetch|../../admin"), 30)
@@ -165,15 +154,6 @@ def test_each_message_lands_in_its_own_queue_only(
         "send_fetches([Work('ses_q1')])\n"
         "send_deliveries('webhook', [Work('ses_q2', payload=b'{}')])\n"
     )
-    sent = subprocess.run(
-        [sys.executable, "-c", send],
-        env=worker_env,
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-    assert sent.returncode == 0, sent.stderr
+    run_python(send, worker_env)
     lengths = {q: redis_client.llen(q) for q in ("enrich", "deliver.webhook", "deliver.stream")}
     assert lengths == {"enrich": 1, "deliver.webhook": 1, "deliver.stream": 0}
