@@ -16,8 +16,8 @@ import orjson
 from pydantic import SecretStr
 
 from worker import errors
-from worker.fetch import RETRYABLE_STATUSES
-from worker.http import excerpt, parse_retry_after, translate_transport_error
+from worker.fetch import status_error
+from worker.http import translate_transport_error
 from worker.retry import RetryPolicy
 
 # FunnelFox answers 408 to big pages (FACTS.md); 50 is what public clients settled on.
@@ -116,18 +116,12 @@ def _where(cursor: str | None) -> str:
 
 
 def _status_error(response: httpx.Response) -> errors.StageError:
-    # worker.fetch's classification, except that a wrong secret stops a backfill at once:
-    # nobody is waiting for it to be fixed in the middle of a command.
-    status = response.status_code
-    message = f"FunnelFox answered {status} to GET /sessions"
-    if response.content:
-        message += f": {excerpt(response.text)}"
-    if status in (401, 403):
-        return errors.UpstreamRejected(message + " (check FUNNELFOX_SECRET)")
-    if status in RETRYABLE_STATUSES or status >= 500:
-        retry_after = parse_retry_after(response.headers.get("retry-after"))
-        return errors.UpstreamUnavailable(message, retry_after_s=retry_after)
-    return errors.UpstreamRejected(message)
+    error = status_error(response, "to GET /sessions")
+    if isinstance(error, errors.UpstreamAuthFailed):
+        # A worker retries a wrong secret; a backfill stops at once: nobody is waiting for
+        # it to be fixed in the middle of a command.
+        return errors.UpstreamRejected(str(error))
+    return error
 
 
 def _parse_page(body: bytes) -> Page:

@@ -38,13 +38,13 @@ class FunnelFoxClient:
             ) from exc
         if response.is_success:
             return response.content
-        raise status_error(response, session_id)
+        raise status_error(response, f"for session {session_id}")
 
 
-def status_error(response: httpx.Response, session_id: str) -> errors.StageError:
-    """Classify a non-2xx answer from FunnelFox."""
+def status_error(response: httpx.Response, subject: str) -> errors.StageError:
+    """Classify a non-2xx answer from FunnelFox; ``subject`` says what was asked for."""
     status = response.status_code
-    message = f"FunnelFox answered {status} for session {session_id}"
+    message = f"FunnelFox answered {status} {subject}"
     body = excerpt(response.text) if response.content else ""
     if body:
         message += f": {body}"
