@@ -88,6 +88,12 @@ class DeadLetters:
         wanted = set(session_ids)
         return [letter async for letter in self.scan() if letter.session_id in wanted]
 
+    async def select(self, session_ids: Sequence[str]) -> list[DeadLetter]:
+        """The records of these sessions; with no ids, every record."""
+        if not session_ids:
+            return [letter async for letter in self.scan()]
+        return await self.find(session_ids)
+
     async def payload(self, letter: DeadLetter) -> bytes | None:
         """The payload kept for a failed delivery, if any."""
         value = await self._redis.hget(PAYLOADS_KEY, letter.key)

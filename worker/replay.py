@@ -8,8 +8,9 @@ letter is replayed in full: its delivery records are dropped, so it is delivered
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 import redis.asyncio as aioredis
 
@@ -18,6 +19,7 @@ from worker.state import DeliveryState
 from worker.work import Work
 
 SINKS = ("webhook", "stream")
+T = TypeVar("T")
 
 
 @dataclass
@@ -35,11 +37,7 @@ async def plan_replay(
 ) -> Replay:
     """Decide what a replay sends; with no ids, every dead letter."""
     store = DeadLetters(redis)
-    letters = (
-        [letter async for letter in store.scan()]
-        if not session_ids
-        else await store.find(session_ids)
-    )
+    letters = await store.select(session_ids)
     plan = Replay(letters=letters)
     for letter in letters:
         payload = await store.payload(letter) if letter.stage.startswith("deliver:") else None
@@ -59,6 +57,14 @@ async def plan_replay(
     return plan
 
 
+async def _with_redis(redis_url: str, use: Callable[[aioredis.Redis], Awaitable[T]]) -> T:
+    redis = aioredis.Redis.from_url(redis_url)
+    try:
+        return await use(redis)
+    finally:
+        await redis.aclose()
+
+
 def replay(
     redis_url: str,
     session_ids: Sequence[str],
@@ -69,53 +75,33 @@ def replay(
 ) -> Replay:
     """Plan, send, then drop the replayed records (only once their messages are queued)."""
 
-    async def run() -> Replay:
-        redis = aioredis.Redis.from_url(redis_url)
-        try:
-            plan = await plan_replay(redis, session_ids, dedupe_ttl_s=dedupe_ttl_s)
-            if plan.fetches:
-                send_fetches(plan.fetches)
-            for sink, works in plan.deliveries.items():
-                send_deliveries(sink, works)
-            await DeadLetters(redis).remove(plan.letters)
-            return plan
-        finally:
-            await redis.aclose()
+    async def run(redis: aioredis.Redis) -> Replay:
+        plan = await plan_replay(redis, session_ids, dedupe_ttl_s=dedupe_ttl_s)
+        if plan.fetches:
+            send_fetches(plan.fetches)
+        for sink, works in plan.deliveries.items():
+            send_deliveries(sink, works)
+        await DeadLetters(redis).remove(plan.letters)
+        return plan
 
-    return asyncio.run(run())
+    return asyncio.run(_with_redis(redis_url, run))
 
 
 def purge(redis_url: str, session_ids: Sequence[str]) -> int:
     """Delete the dead letters of these sessions (all of them with no ids)."""
 
-    async def run() -> int:
-        redis = aioredis.Redis.from_url(redis_url)
-        try:
-            store = DeadLetters(redis)
-            letters = (
-                [letter async for letter in store.scan()]
-                if not session_ids
-                else await store.find(session_ids)
-            )
-            return await store.remove(letters)
-        finally:
-            await redis.aclose()
+    async def run(redis: aioredis.Redis) -> int:
+        store = DeadLetters(redis)
+        return await store.remove(await store.select(session_ids))
 
-    return asyncio.run(run())
+    return asyncio.run(_with_redis(redis_url, run))
 
 
 def list_letters(redis_url: str, reason: str | None = None) -> list[DeadLetter]:
     """Every dead letter, optionally of one reason."""
 
-    async def run() -> list[DeadLetter]:
-        redis = aioredis.Redis.from_url(redis_url)
-        try:
-            return [
-                letter
-                async for letter in DeadLetters(redis).scan()
-                if reason is None or letter.reason == reason
-            ]
-        finally:
-            await redis.aclose()
+    async def run(redis: aioredis.Redis) -> list[DeadLetter]:
+        letters = await DeadLetters(redis).select(())
+        return [letter for letter in letters if reason is None or letter.reason == reason]
 
-    return asyncio.run(run())
+    return asyncio.run(_with_redis(redis_url, run))
