@@ -193,7 +193,7 @@ class Pipeline:
         if isinstance(error, Retryable) and self.policy.can_retry(attempt.attempts):
             delay = self.policy.delay_s(attempt.attempts, error.retry_after_s)
             result.retries.append((attempt, delay))
-            metrics.inc("retries", stage=stage)
+            metrics.inc("retries", stage=stage, reason=error.reason)
             log.info(
                 "will retry",
                 extra={
