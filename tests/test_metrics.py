@@ -26,7 +26,7 @@ def test_batches_from_several_workers_add_up(redis_url: str, redis_client: redis
         batch.inc("sessions_fetched", delivered)
         batch.inc("sessions_delivered", delivered, sink="webhook")
         batch.inc("dead_letters", stage="fetch", reason="not_found")
-        batch.inc("retries", 2, stage="deliver:webhook")
+        batch.inc("retries", 2, stage="deliver:webhook", reason="sink_unavailable")
         for _ in range(delivered):
             batch.observe("fetch_duration_seconds", latency_s)
             batch.observe("delivery_duration_seconds", latency_s, sink="webhook")
@@ -42,7 +42,12 @@ def test_batches_from_several_workers_add_up(redis_url: str, redis_client: redis
     assert found["funnelfox_sessions_fetched_total"][()] == 5
     assert found["funnelfox_sessions_delivered_total"][(("sink", "webhook"),)] == 5
     assert found["funnelfox_dead_letters_total"][(("reason", "not_found"), ("stage", "fetch"))] == 2
-    assert found["funnelfox_retries_total"][(("stage", "deliver:webhook"),)] == 4
+    assert (
+        found["funnelfox_retries_total"][
+            (("reason", "sink_unavailable"), ("stage", "deliver:webhook"))
+        ]
+        == 4
+    )
     buckets = found["funnelfox_fetch_duration_seconds_bucket"]
     assert buckets[(("le", "0.025"),)] == 3
     assert buckets[(("le", "5.0"),)] == 3
