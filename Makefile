@@ -27,7 +27,7 @@ format: $(STAMP)
 	$(BIN)/ruff check --fix .
 
 demo: $(STAMP)  ## the whole job end to end, against the bundled FunnelFox simulator
-	$(BIN)/python -m worker.demo
+	$(BIN)/python -m workshop.demo
 
 bench: $(STAMP)  ## throughput side by side with Celery's ceiling and the textbook recipe
 	$(BIN)/python -m bench

@@ -33,7 +33,7 @@ from bench.measure import (
 )
 from bench.services import BenchRedis, Receiver, Simulator
 from worker.deadletters import RECORDS_KEY
-from worker.procfile import local_command, procfile_command
+from workshop.procfile import local_command, procfile_command
 
 READY = " ready."
 START_TIMEOUT_S = 60.0

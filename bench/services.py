@@ -15,7 +15,7 @@ import orjson
 import redis
 
 from bench.harness import Child, base_env
-from worker.sim.redis_server import EmbeddedRedis, ensure_redis
+from workshop.redis_server import EmbeddedRedis, ensure_redis
 
 BENCH_DB = 13
 # Set after every flush: a database holding keys but not this one is someone else's.
@@ -94,13 +94,13 @@ class _Service:
 
 
 class Simulator(_Service):
-    """``python -m worker.sim.funnelfox`` and its ``/_sim`` control routes."""
+    """``python -m workshop.funnelfox`` and its ``/_sim`` control routes."""
 
     banner = "funnelfox simulator listening on"
 
     def __init__(self, secret: str, log_dir: Path) -> None:
         command = _python_module(
-            "worker.sim.funnelfox", "--port", "0", "--latency-ms", "0", "--secret", secret
+            "workshop.funnelfox", "--port", "0", "--latency-ms", "0", "--secret", secret
         )
         super().__init__("funnelfox-sim", command, log_dir)
         self.secret = secret
@@ -129,15 +129,13 @@ class Simulator(_Service):
 
 
 class Receiver(_Service):
-    """``python -m worker.sim.receiver`` and its ``/_recv`` control routes."""
+    """``python -m workshop.receiver`` and its ``/_recv`` control routes."""
 
     banner = "webhook receiver listening on"
 
     def __init__(self, secret: str, log_dir: Path) -> None:
         # Bodies are kept: with --no-bodies the receiver's JSON views come out malformed.
-        command = _python_module(
-            "worker.sim.receiver", "--port", "0", "--secret", secret, "--quiet"
-        )
+        command = _python_module("workshop.receiver", "--port", "0", "--secret", secret, "--quiet")
         super().__init__("webhook-receiver", command, log_dir)
         self.secret = secret
 

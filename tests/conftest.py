@@ -8,9 +8,9 @@ from collections.abc import Iterator
 import pytest
 import redis
 
-from worker.sim.funnelfox import FunnelFoxSimulator
-from worker.sim.receiver import DEMO_WEBHOOK_SECRET, WebhookReceiver
-from worker.sim.redis_server import EmbeddedRedis, redis_reachable
+from workshop.funnelfox import FunnelFoxSimulator
+from workshop.receiver import DEMO_WEBHOOK_SECRET, WebhookReceiver
+from workshop.redis_server import EmbeddedRedis, redis_reachable
 
 FOX_SECRET = "secret_test_0123456789"
 # A database of its own, never db 0 (a user's data), and likely not another test run's:

@@ -17,7 +17,7 @@ from typing import Any
 
 import orjson
 
-from worker.procfile import local_command, procfile_command
+from workshop.procfile import local_command, procfile_command
 
 ROOT = Path(__file__).resolve().parent.parent
 

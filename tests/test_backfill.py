@@ -15,10 +15,10 @@ import redis
 from processes import ROOT, Process, run_cli, start_worker, wait_until
 
 from worker.celeryconfig import FETCH_QUEUE
-from worker.sim.funnelfox import FunnelFoxSimulator
-from worker.sim.receiver import WebhookReceiver
-from worker.sim.sessions import funnel_created_at, funnel_profile_id
 from worker.state import delivered_key
+from workshop.funnelfox import FunnelFoxSimulator
+from workshop.receiver import WebhookReceiver
+from workshop.sessions import funnel_created_at, funnel_profile_id
 
 pytestmark = pytest.mark.integration
 

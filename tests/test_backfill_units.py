@@ -14,11 +14,11 @@ import pytest
 import redis
 from pydantic import SecretStr
 
-from worker.backfill import Backfill, Filter, created_at
-from worker.backfill_args import parse_date, positive
-from worker.backfill_pages import Page, PageFailed, RepeatingCursor, SessionPages
-from worker.backfill_progress import Counts, Progress, bar
-from worker.backfill_resume import Position, PositionStore, position_key
+from worker.cli.backfill.args import parse_date, positive
+from worker.cli.backfill.pages import Page, PageFailed, RepeatingCursor, SessionPages
+from worker.cli.backfill.progress import Counts, Progress, bar
+from worker.cli.backfill.resume import Position, PositionStore, position_key
+from worker.cli.backfill.run import Backfill, Filter, created_at
 from worker.retry import RetryPolicy
 
 # -- paging with retries (httpx.MockTransport) -----------------------------------------------

@@ -22,9 +22,9 @@ from tests.processes import (
     stop_consuming,
     wait_until,
 )
-from worker.sim.funnelfox import FunnelFoxSimulator
-from worker.sim.receiver import DEMO_WEBHOOK_SECRET, WebhookReceiver
-from worker.sim.redis_server import EmbeddedRedis
+from workshop.funnelfox import FunnelFoxSimulator
+from workshop.receiver import DEMO_WEBHOOK_SECRET, WebhookReceiver
+from workshop.redis_server import EmbeddedRedis
 
 pytestmark = pytest.mark.integration
 

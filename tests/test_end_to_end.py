@@ -16,8 +16,8 @@ from tests.conftest import FOX_SECRET
 from tests.processes import run_cli, run_python, start_worker, wait_until
 from worker.metrics import render as render_metrics
 from worker.schema import PUBLISHED
-from worker.sim.funnelfox import FunnelFoxSimulator
-from worker.sim.receiver import DEMO_WEBHOOK_SECRET, WebhookReceiver
+from workshop.funnelfox import FunnelFoxSimulator
+from workshop.receiver import DEMO_WEBHOOK_SECRET, WebhookReceiver
 
 pytestmark = pytest.mark.integration
 

@@ -23,8 +23,8 @@ from tests.processes import (
     start_worker,
     wait_until,
 )
-from worker.sim.funnelfox import FunnelFoxSimulator
-from worker.sim.receiver import DEMO_WEBHOOK_SECRET, WebhookReceiver
+from workshop.funnelfox import FunnelFoxSimulator
+from workshop.receiver import DEMO_WEBHOOK_SECRET, WebhookReceiver
 
 pytestmark = pytest.mark.integration
 

@@ -15,8 +15,8 @@ import pytest
 from conftest import FOX_SECRET
 from processes import ROOT, Process, start_worker, wait_until
 
-from worker.sim.funnelfox import FunnelFoxSimulator
-from worker.sim.receiver import WebhookReceiver
+from workshop.funnelfox import FunnelFoxSimulator
+from workshop.receiver import WebhookReceiver
 
 pytestmark = pytest.mark.integration
 

@@ -15,9 +15,9 @@ from schemathesis.specs.openapi.checks import positive_data_acceptance
 from test_ingress import LiveServer
 
 from worker.ingress.openapi import openapi_document
-from worker.ingress.producer import QUEUE
 from worker.ingress.service import create_app
 from worker.ingress.settings import IngressConfig
+from worker.producer import QUEUE
 
 SECRET_HEADERS = ("Fox-Secret-Key", "Fox-Secret")
 FUZZ = settings(

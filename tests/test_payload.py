@@ -12,8 +12,8 @@ import pytest
 from worker.enrich import enrich
 from worker.payload import build_payload, payload_json_schema
 from worker.schema import PUBLISHED, render
-from worker.sim.sessions import make_session
 from worker.validate import parse_session
+from workshop.sessions import make_session
 
 NOW = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
 TRIGGER = {

@@ -21,10 +21,10 @@ from worker.fetch import FunnelFoxClient
 from worker.http import HttpSession
 from worker.pipeline import Pipeline, StageResult
 from worker.retry import RetryPolicy
-from worker.sim.sessions import make_session
 from worker.sinks.base import Delivery, Outcome, Sink
 from worker.state import DeliveryState, claim_key, delivered_key
 from worker.work import Work
+from workshop.sessions import make_session
 
 T = TypeVar("T")
 POLICY = RetryPolicy(base_s=0.01, max_s=0.1, max_attempts=3)

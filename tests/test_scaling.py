@@ -9,8 +9,8 @@ import pytest
 import redis
 
 from tests.processes import run_cli, start_worker
-from worker.sim.funnelfox import FunnelFoxSimulator
-from worker.sim.receiver import WebhookReceiver
+from workshop.funnelfox import FunnelFoxSimulator
+from workshop.receiver import WebhookReceiver
 
 pytestmark = pytest.mark.integration
 

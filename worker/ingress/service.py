@@ -34,9 +34,9 @@ from worker.ingress.body import BadContentLength, BodyTooLarge, read_limited
 from worker.ingress.events import Event, problems
 from worker.ingress.markers import Claim, EventMarkers
 from worker.ingress.openapi import openapi_document
-from worker.ingress.producer import POOL_SIZE, CeleryPublisher, Publisher
 from worker.ingress.settings import IngressConfig
 from worker.metrics import render as render_metrics
+from worker.producer import POOL_SIZE, CeleryPublisher, Publisher
 
 log = logging.getLogger("worker.ingress")
 

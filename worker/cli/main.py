@@ -30,7 +30,7 @@ def build_parser() -> argparse.ArgumentParser:
     purge = dlq_commands.add_parser("purge", help="delete dead letters (no ids: all)")
     purge.add_argument("ids", nargs="*", metavar="ID")
 
-    from worker.backfill_args import add_arguments as add_backfill_arguments
+    from worker.cli.backfill.args import add_arguments as add_backfill_arguments
 
     add_backfill_arguments(
         commands.add_parser("backfill", help="enqueue a funnel's past sessions from FunnelFox")
@@ -46,7 +46,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "dlq":
         return _dlq(args)
     if args.command == "backfill":
-        from worker.backfill import main as backfill
+        from worker.cli.backfill.run import main as backfill
 
         return backfill(args)
     raise AssertionError(args.command)  # argparse only lets known commands through
@@ -54,7 +54,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _enqueue(ids: list[str]) -> int:
     from worker.app import settings
-    from worker.enqueue import enqueue, read_ids
+    from worker.cli.enqueue import enqueue, read_ids
 
     report = enqueue(read_ids(ids, sys.stdin), batch_size=settings.worker_batch_size)
     refused = len(report.refused)
@@ -63,8 +63,8 @@ def _enqueue(ids: list[str]) -> int:
 
 
 def _dlq(args: argparse.Namespace) -> int:
-    from worker import replay
     from worker.app import settings
+    from worker.cli import dlq as replay
 
     if args.dlq_command == "list":
         for letter in replay.list_letters(settings.redis_url, args.reason):

@@ -13,7 +13,7 @@ from urllib.parse import quote, urlencode
 
 import orjson
 
-from worker.sim.faults import parse_faults
+from workshop.faults import parse_faults
 
 # A fixed "now" (2026-01-01T00:00:00Z) keeps every run byte-for-byte identical.
 EPOCH = 1_767_225_600

@@ -20,10 +20,10 @@ from typing import Any
 
 import redis
 
-from worker.procfile import local_command, procfile_command
-from worker.sim.funnelfox import DEFAULT_SECRET, FunnelFoxSimulator
-from worker.sim.receiver import DEMO_WEBHOOK_SECRET, Attempt, WebhookReceiver
-from worker.sim.redis_server import ensure_redis
+from workshop.funnelfox import DEFAULT_SECRET, FunnelFoxSimulator
+from workshop.procfile import local_command, procfile_command
+from workshop.receiver import DEMO_WEBHOOK_SECRET, Attempt, WebhookReceiver
+from workshop.redis_server import ensure_redis
 
 ROOT = Path(__file__).resolve().parent.parent
 STREAM = "funnelfox:demo:enriched"

@@ -16,8 +16,8 @@ import orjson
 from aiohttp import web
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
-from worker.sim.faults import parse_faults
-from worker.sim.server import (
+from workshop.faults import parse_faults
+from workshop.server import (
     BackgroundServer,
     Handler,
     Route,
@@ -302,7 +302,7 @@ def _print_attempt(attempt: Attempt) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     """Run the receiver in the foreground until SIGINT or SIGTERM."""
-    parser = argparse.ArgumentParser(prog="python -m worker.sim.receiver", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m workshop.receiver", description=__doc__)
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8082)
     parser.add_argument("--secret", default=DEMO_WEBHOOK_SECRET)

@@ -17,7 +17,7 @@ from typing import ClassVar, NamedTuple, Self
 import orjson
 from aiohttp import web
 
-from worker.sim.faults import SideFaults
+from workshop.faults import SideFaults
 
 Handler = Callable[[web.BaseRequest], Awaitable[web.StreamResponse]]
 Route = tuple[str, str]

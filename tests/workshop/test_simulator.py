@@ -16,10 +16,10 @@ import orjson
 import pytest
 from standardwebhooks.webhooks import Webhook
 
-from worker.sim.faults import RetryAfter, Window, parse_faults, parse_funnel_faults
-from worker.sim.funnelfox import FunnelFoxSimulator
-from worker.sim.receiver import DEMO_WEBHOOK_SECRET, WebhookReceiver
-from worker.sim.sessions import EPOCH, make_session, session_body
+from workshop.faults import RetryAfter, Window, parse_faults, parse_funnel_faults
+from workshop.funnelfox import FunnelFoxSimulator
+from workshop.receiver import DEMO_WEBHOOK_SECRET, WebhookReceiver
+from workshop.sessions import EPOCH, make_session, session_body
 
 SECRET = "secret_sim_test"
 FUNNEL = "FUNNEL0000000000000000000A"

@@ -15,8 +15,8 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from worker.sim.faults import parse_faults, parse_funnel_faults
-from worker.sim.server import (
+from workshop.faults import parse_faults, parse_funnel_faults
+from workshop.server import (
     BackgroundServer,
     Handler,
     Route,
@@ -26,7 +26,7 @@ from worker.sim.server import (
     error_response,
     run_foreground,
 )
-from worker.sim.sessions import Catalog, FunnelEntry, list_item_body, session_body
+from workshop.sessions import Catalog, FunnelEntry, list_item_body, session_body
 
 DEFAULT_SECRET = "secret_demo"  # noqa: S105 - the public demo key, not a credential
 DEFAULT_PREFIX = "/public/v1"
@@ -300,7 +300,7 @@ def _funnel_arg(text: str) -> tuple[str, int]:
 
 def main(argv: list[str] | None = None) -> None:
     """Run the simulator in the foreground until SIGINT or SIGTERM."""
-    parser = argparse.ArgumentParser(prog="python -m worker.sim.funnelfox", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m workshop.funnelfox", description=__doc__)
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8081)
     parser.add_argument("--latency-ms", type=float, default=0)

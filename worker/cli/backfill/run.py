@@ -1,9 +1,9 @@
 """``python -m worker backfill``: enqueue a funnel's past sessions, read from ``GET /sessions``.
 
 For sessions that finished before the worker existed or while it was down. Pages are read one
-at a time (worker.backfill_pages), sessions every sink already has are skipped, the rest are
-sent as ``enrich_batch`` messages (worker.enqueue), and the position is saved after each page
-(worker.backfill_resume), so a run that stops, for any reason, is resumed by running it again.
+at a time (worker.cli.backfill.pages), sessions every sink already has are skipped, the rest are
+sent as ``enrich_batch`` messages (worker.cli.enqueue), and the position is saved after each page
+(worker.cli.backfill.resume), so a run that stops, for any reason, is resumed by running it again.
 After an interruption in the middle of a page, at most that page is enqueued a second time;
 the delivery records keep its sessions from being delivered twice.
 """
@@ -20,9 +20,9 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Literal, TextIO
 
-from worker.backfill_pages import Page, RepeatingCursor
-from worker.backfill_progress import Counts, Progress
-from worker.backfill_resume import Position, PositionStore
+from worker.cli.backfill.pages import Page, RepeatingCursor
+from worker.cli.backfill.progress import Counts, Progress
+from worker.cli.backfill.resume import Position, PositionStore
 from worker.errors import InvalidSessionId
 from worker.ids import check_session_id
 
@@ -210,7 +210,7 @@ def _session_id(item: dict[str, Any]) -> str:
     return check_session_id(item.get("id"))
 
 
-# -- the command (arguments in worker.backfill_args) ------------------------------------------
+# -- the command (arguments in worker.cli.backfill.args) ------------------------------------------
 
 
 def main(args: argparse.Namespace, *, out: TextIO = sys.stdout, err: TextIO = sys.stderr) -> int:
@@ -234,8 +234,8 @@ def _run(
 
     import redis
 
-    from worker.backfill_pages import BackfillError, SessionPages, make_sync_client
-    from worker.enqueue import enqueue_ids
+    from worker.cli.backfill.pages import BackfillError, SessionPages, make_sync_client
+    from worker.cli.enqueue import enqueue_ids
     from worker.retry import RetryPolicy
     from worker.runtime import redis_client
     from worker.state import DeliveryState

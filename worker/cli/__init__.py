@@ -1,0 +1,1 @@
+"""The operator console: ``python -m worker enqueue | dlq | status | backfill``."""

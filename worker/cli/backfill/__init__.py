@@ -1,0 +1,1 @@
+"""``python -m worker backfill``: page FunnelFox's past sessions into the queue, resumably."""
