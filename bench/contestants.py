@@ -32,7 +32,7 @@ from bench.measure import (
     pool_description,
 )
 from bench.services import BenchRedis, Receiver, Simulator
-from worker.deadletters import RECORDS_KEY
+from worker.keys import DEAD_LETTERS as RECORDS_KEY
 from workshop.procfile import local_command, procfile_command
 
 READY = " ready."

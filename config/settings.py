@@ -9,9 +9,12 @@ from __future__ import annotations
 import base64
 import binascii
 from typing import Any, Literal
+from urllib.parse import parse_qs, urlsplit
 
 from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from config.destinations import Destination, StreamDestination, WebhookDestination
 
 
 class ConfigError(Exception):
@@ -125,15 +128,38 @@ class Settings(BaseSettings):
     def _blank_is_off(cls, value: str | None) -> str | None:
         return value or None
 
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_url(cls, value: str) -> str:
+        check_redis_url(value)
+        return value
+
+    @property
+    def destinations(self) -> list[Destination]:
+        """Where sessions are delivered, in delivery order."""
+        found: list[Destination] = []
+        if self.webhook.url is not None and self.webhook.secret is not None:
+            found.append(
+                WebhookDestination(
+                    name="webhook",
+                    url=self.webhook.url,
+                    secrets=(self.webhook.secret,),
+                    timeout_s=self.webhook.timeout_s,
+                    max_connections=self.webhook.max_connections,
+                )
+            )
+        if self.output_stream is not None:
+            found.append(
+                StreamDestination(
+                    name="stream", stream=self.output_stream, maxlen=self.output_stream_maxlen
+                )
+            )
+        return found
+
     @property
     def enabled_sinks(self) -> list[str]:
-        """The names of the sinks this configuration delivers to, in delivery order."""
-        sinks = []
-        if self.webhook.url is not None and self.webhook.secret is not None:
-            sinks.append("webhook")
-        if self.output_stream is not None:
-            sinks.append("stream")
-        return sinks
+        """The names of the destinations this configuration delivers to, in delivery order."""
+        return [destination.name for destination in self.destinations]
 
     def check_sinks(self) -> None:
         """Refuse a configuration that would deliver nowhere or unsigned."""
@@ -154,6 +180,31 @@ class Settings(BaseSettings):
                 f"RETRY_BACKOFF_MAX_S ({self.retry.backoff_max_s:g}) must be below "
                 f"VISIBILITY_TIMEOUT_S ({self.visibility_timeout_s})"
             )
+
+
+REDIS_SCHEMES = ("redis", "rediss", "unix")
+
+
+def check_redis_url(url: str) -> None:
+    """Raise ValueError saying what is wrong with a Redis URL (never echoing its password)."""
+    parts = urlsplit(url)
+    if parts.scheme not in REDIS_SCHEMES:
+        shown = f"'{parts.scheme}://'" if "://" in url else "no scheme"
+        raise ValueError(
+            f"must start with redis://, rediss:// or unix:// ({shown} given), "
+            "e.g. redis://localhost:6379/0"
+        )
+    if parts.scheme != "unix" and not parts.hostname:
+        raise ValueError("names no host, e.g. redis://localhost:6379/0")
+    try:
+        parts.port  # noqa: B018 - urllib validates the port when it is read
+    except ValueError:
+        raise ValueError("has a port that is not a number from 0 to 65535") from None
+    db = parse_qs(parts.query).get("db", [""])[0]
+    if parts.scheme != "unix":
+        db = parts.path.lstrip("/") or db
+    if db and not (db.isdigit() and int(db) < 2**16):
+        raise ValueError(f"has a database index that is not a whole number ({db!r})")
 
 
 def _env_name(model: type[BaseSettings], loc: tuple[Any, ...]) -> str:

@@ -14,8 +14,7 @@ import pytest
 import redis
 from processes import ROOT, Process, run_cli, start_worker, wait_until
 
-from worker.celeryconfig import FETCH_QUEUE
-from worker.state import delivered_key
+from worker.keys import FETCH_QUEUE, delivered_key
 from workshop.funnelfox import FunnelFoxSimulator
 from workshop.receiver import WebhookReceiver
 from workshop.sessions import funnel_created_at, funnel_profile_id

@@ -149,10 +149,10 @@ def test_each_message_lands_in_its_own_queue_only(
     worker = start_worker(worker_env)  # declares enrich, deliver.webhook, deliver.stream
     worker.stop()
     send = (
-        "from worker.tasks import send_deliveries, send_fetches\n"
+        "from worker.tasks import producer\n"
         "from worker.work import Work\n"
-        "send_fetches([Work('ses_q1')])\n"
-        "send_deliveries('webhook', [Work('ses_q2', payload=b'{}')])\n"
+        "producer.send_fetches([Work('ses_q1')])\n"
+        "producer.send_deliveries('webhook', [Work('ses_q2', payload=b'{}')])\n"
     )
     run_python(send, worker_env)
     lengths = {q: redis_client.llen(q) for q in ("enrich", "deliver.webhook", "deliver.stream")}

@@ -55,7 +55,7 @@ def test_batches_from_several_workers_add_up(redis_url: str, redis_client: redis
     assert buckets[(("le", "+Inf"),)] == 5
     assert found["funnelfox_fetch_duration_seconds_sum"][()] == 3 * 0.02 + 2 * 7.0
     assert found["funnelfox_queue_depth"][(("queue", "enrich"),)] == 2
-    assert found["funnelfox_dead_letters"][()] == 1
+    assert found["funnelfox_dead_letters_stored"][()] == 1
 
 
 def test_an_empty_batch_writes_nothing(redis_url: str, redis_client: redis.Redis) -> None:
@@ -66,3 +66,14 @@ def test_an_empty_batch_writes_nothing(redis_url: str, redis_client: redis.Redis
 
     asyncio.run(flush())
     assert not redis_client.exists("ffe:metrics")
+
+
+def test_every_family_name_is_unique_for_openmetrics_parsers(redis_client: redis.Redis) -> None:
+    """A counter ``x_total`` is family ``x``: no other family may be named ``x`` (OpenMetrics)."""
+    redis_client.hset("ffe:dlq", "fetch|ses_x", "{}")
+    redis_client.hincrby("ffe:metrics", "dead_letters|reason=not_found,stage=fetch", 1)
+    names = [
+        family.name for family in text_string_to_metric_families(render(redis_client).decode())
+    ]
+    assert len(names) == len(set(names)), sorted(names)
+    assert "funnelfox_dead_letters_stored" in names

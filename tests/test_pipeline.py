@@ -22,7 +22,8 @@ from worker.http import HttpSession
 from worker.pipeline import Pipeline, StageResult
 from worker.retry import RetryPolicy
 from worker.sinks.base import Delivery, Outcome, Sink
-from worker.state import DeliveryState, claim_key, delivered_key
+from worker.keys import claim_key, delivered_key
+from worker.state import DeliveryState
 from worker.work import Work
 from workshop.sessions import make_session
 

@@ -4,28 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from kombu.entity import Exchange, Queue
-
 from config import ConfigError, Settings
-
-FETCH_QUEUE = "enrich"
-SINK_QUEUES = {"webhook": "deliver.webhook", "stream": "deliver.stream"}
-
-
-def delivery_queue(sink: str) -> str:
-    """The queue a sink's deliveries wait in, so a slow sink never holds up another."""
-    return SINK_QUEUES.get(sink, f"deliver.{sink}")
-
-
-def own_queue(name: str) -> Queue:
-    """A queue on a direct exchange of its own name, bound by its own name.
-
-    A bare ``Queue(name)`` in ``task_queues`` takes the default queue's exchange and routing
-    key ("enrich"), so the worker declared all three queues bound to one key. Celery publishes
-    by queue name, so nothing was misrouted, but anything that routes by exchange (a producer
-    elsewhere, a restore) would have copied a message into every queue.
-    """
-    return Queue(name, Exchange(name, type="direct"), routing_key=name)
+from worker.keys import FETCH_QUEUE, delivery_queue
+from worker.producer import own_queue
 
 
 def task_time_limit_s(settings: Settings) -> int:
@@ -83,7 +64,11 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "task_default_queue": FETCH_QUEUE,
         # A worker consumes every queue unless told otherwise (-Q), so one process is enough;
         # dedicated workers per queue are a -Q away.
-        "task_queues": [own_queue(FETCH_QUEUE), *map(own_queue, SINK_QUEUES.values())],
+        # The fetch queue and one per destination: a slow destination backs up its own.
+        "task_queues": [
+            own_queue(FETCH_QUEUE),
+            *(own_queue(delivery_queue(name)) for name in settings.enabled_sinks),
+        ],
         "task_acks_late": True,
         "task_reject_on_worker_lost": True,
         # A task that hits its time limit goes back to the queue rather than being acked away.

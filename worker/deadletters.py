@@ -15,10 +15,21 @@ import orjson
 import redis.asyncio as aioredis
 from redis.typing import EncodableT, FieldT
 
-from worker.state import PREFIX
+from worker.keys import DEAD_LETTER_PAYLOADS as PAYLOADS_KEY
+from worker.keys import DEAD_LETTERS as RECORDS_KEY
 
-RECORDS_KEY = f"{PREFIX}dlq"
-PAYLOADS_KEY = f"{PREFIX}dlq:payload"
+# For each (field, record) pair: delete the field (and its payload) if it still holds record.
+_REMOVE_UNCHANGED = """
+local removed = 0
+for i = 1, #ARGV, 2 do
+    if redis.call('hget', KEYS[1], ARGV[i]) == ARGV[i + 1] then
+        redis.call('hdel', KEYS[1], ARGV[i])
+        redis.call('hdel', KEYS[2], ARGV[i])
+        removed = removed + 1
+    end
+end
+return removed
+"""
 
 
 @dataclass(frozen=True)
@@ -98,6 +109,20 @@ class DeadLetters:
         """The payload kept for a failed delivery, if any."""
         value = await self._redis.hget(PAYLOADS_KEY, letter.key)
         return value if isinstance(value, bytes) else None
+
+    async def remove_unchanged(self, letters: Sequence[DeadLetter]) -> int:
+        """Delete these records only where they are still the ones read (and their payloads).
+
+        A replayed session that fails again at once writes a new record under the same field;
+        deleting by field alone would delete that new record too, and lose the session.
+        """
+        if not letters:
+            return 0
+        args: list[EncodableT] = []
+        for letter in letters:
+            args += [letter.key, letter.to_json()]
+        removed = await self._redis.eval(_REMOVE_UNCHANGED, 2, RECORDS_KEY, PAYLOADS_KEY, *args)
+        return int(removed)
 
     async def remove(self, letters: Sequence[DeadLetter]) -> int:
         """Delete records and their payloads; returns how many records went."""

@@ -6,7 +6,9 @@
         ├── Retryable ............... try again later; may carry the server's Retry-After
         │   ├── UpstreamUnavailable . FunnelFox: connection fault, timeout, 408/425/429/5xx/524
         │   ├── UpstreamAuthFailed .. FunnelFox: 401/403, the secret is wrong for every session
-        │   └── SinkUnavailable ..... a sink: connection fault, timeout, 408/429/5xx
+        │   ├── SinkUnavailable ..... a sink: connection fault, timeout, 408/429/5xx
+        │   └── InternalError ....... a bug: any exception not mapped at a boundary (logged
+        │                             at ERROR with its traceback; dead letter internal_error)
         └── Permanent ............... retrying cannot help: dead-letter at once
             ├── SessionNotFound ..... FunnelFox 404
             ├── UpstreamRejected .... FunnelFox 400/422 and other unexpected answers
@@ -65,6 +67,17 @@ class SinkUnavailable(Retryable):
     """A sink could not take the payload now."""
 
     reason = "sink_unavailable"
+
+
+class InternalError(Retryable):
+    """An exception no boundary knows: a bug in our code or an unmapped library error.
+
+    Retried like a transient fault (a fixed deploy then delivers the session), never a
+    permanent dead letter on the first try.
+    """
+
+    reason = "internal_error"
+    exhausted_reason = "internal_error"
 
 
 class Permanent(StageError):

@@ -6,7 +6,13 @@ import httpx
 from pydantic import SecretStr
 
 from worker import errors
-from worker.http import HttpSession, excerpt, parse_retry_after, translate_transport_error
+from worker.http import (
+    TRANSPORT_ERRORS,
+    HttpSession,
+    excerpt,
+    parse_retry_after,
+    translate_transport_error,
+)
 from worker.ids import check_session_id
 
 # What public FunnelFox clients retry (FACTS.md), plus 425 Too Early; 524 is Cloudflare's timeout.
@@ -28,11 +34,7 @@ class FunnelFoxClient:
             response = await self._http.request(
                 "GET", f"{self._api_url}/sessions/{session_id}", headers=self._headers
             )
-        except httpx.HTTPError as exc:
-            raise translate_transport_error(
-                exc, unavailable=errors.UpstreamUnavailable, rejected=errors.UpstreamRejected
-            ) from exc
-        except Exception as exc:  # aiohttp errors the transport does not map
+        except TRANSPORT_ERRORS as exc:  # translated at this boundary, nowhere else
             raise translate_transport_error(
                 exc, unavailable=errors.UpstreamUnavailable, rejected=errors.UpstreamRejected
             ) from exc

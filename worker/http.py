@@ -1,7 +1,7 @@
 """The HTTP boundary: one pooled client per process, and httpx/aiohttp errors translated.
 
 httpx is the client library; its transport is aiohttp's engine (``httpx-aiohttp``), which
-spends a fraction of the CPU httpx's own async pool does per request (see PERF.md).
+spends a fraction of the CPU httpx's own async pool does per request (README, Performance).
 """
 
 from __future__ import annotations
@@ -27,6 +27,16 @@ _TRANSIENT: tuple[type[BaseException], ...] = (
     aiohttp.ClientError,
     asyncio.TimeoutError,
     ConnectionError,
+)
+
+
+# What a request through this client may raise that is the peer's or the path's doing; any
+# other exception is a bug and is left to the pipeline, which says so loudly.
+TRANSPORT_ERRORS: tuple[type[BaseException], ...] = (
+    httpx.HTTPError,
+    aiohttp.ClientError,
+    asyncio.TimeoutError,
+    OSError,
 )
 
 

@@ -24,11 +24,11 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector
 
-from worker.state import PREFIX
+from worker.keys import DEAD_LETTERS, FETCH_QUEUE, KOMBU_UNACKED, METRICS, delivery_queue
+from worker.sinks.registry import registered_sinks
 
-KEY = f"{PREFIX}metrics"
+KEY = METRICS
 BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
-QUEUES = ("enrich", "deliver.webhook", "deliver.stream")
 
 COUNTERS = {
     "sessions_fetched": ("Sessions fetched from FunnelFox and validated", ()),
@@ -109,18 +109,18 @@ class FleetCollector(Collector):
         depth = GaugeMetricFamily(
             "funnelfox_queue_depth", "Messages waiting in each queue", labels=["queue"]
         )
-        for queue in QUEUES:
+        for queue in queues(self._client):
             depth.add_metric([queue], self._client.llen(queue))
         yield depth
         yield GaugeMetricFamily(
             "funnelfox_unacked_messages",
             "Messages taken by a worker and not yet acknowledged",
-            value=self._client.hlen("unacked"),
+            value=self._client.hlen(KOMBU_UNACKED),
         )
         yield GaugeMetricFamily(
-            "funnelfox_dead_letters",
+            "funnelfox_dead_letters_stored",
             "Records in the dead-letter store",
-            value=self._client.hlen(f"{PREFIX}dlq"),
+            value=self._client.hlen(DEAD_LETTERS),
         )
 
     @staticmethod
@@ -153,6 +153,11 @@ class FleetCollector(Collector):
                     cumulative.append((bound, running))
                 family.add_metric(list(key), cumulative, sums.get(key, 0.0))
             yield family
+
+
+def queues(client: redis.Redis) -> list[str]:
+    """The fetch queue and every registered destination's queue."""
+    return [FETCH_QUEUE, *(delivery_queue(name) for name in registered_sinks(client))]
 
 
 def render(client: redis.Redis) -> bytes:

@@ -17,7 +17,13 @@ import redis.asyncio as aioredis
 
 from worker.deadletters import DeadLetter, DeadLetters
 from worker.enrich import enrich
-from worker.errors import EnricherError, InvalidPayload, Retryable, StageError, UpstreamAuthFailed
+from worker.errors import (
+    EnricherError,
+    InternalError,
+    Retryable,
+    StageError,
+    UpstreamAuthFailed,
+)
 from worker.fetch import FunnelFoxClient
 from worker.metrics import MetricsBatch
 from worker.payload import build_payload
@@ -86,10 +92,14 @@ class Pipeline:
                 continue
             try:
                 raw, session = parse_session(body, work.session_id)
-            except InvalidPayload as exc:
+            except Exception as exc:  # InvalidPayload, or a bug: this session's failure alone
                 self._failed(result, metrics, work, "validate", exc)
                 continue
-            payload = build_payload(raw, enrich(session), work.trigger, self.now())
+            try:
+                payload = build_payload(raw, enrich(session), work.trigger, self.now())
+            except Exception as exc:  # a bug: this session's failure, its batch goes on
+                self._failed(result, metrics, work, "enrich", exc)
+                continue
             for sink in sinks:
                 fresh = Work(work.session_id, 0, work.first_seen_at, work.trigger, payload)
                 result.deliveries.setdefault(sink, []).append(fresh)
@@ -181,8 +191,12 @@ class Pipeline:
         """Schedule another attempt, or dead-letter: the one place that decides."""
         if not isinstance(error, EnricherError):
             # A bug or an unmapped library error: keep the session, and say so loudly.
-            log.error("unexpected error", exc_info=error, extra={"session_id": work.session_id})
-            error = Retryable(f"unexpected {type(error).__name__}: {error}")
+            log.error(
+                "internal error",
+                exc_info=error,
+                extra={"session_id": work.session_id, "stage": stage},
+            )
+            error = InternalError(f"internal error: {type(error).__name__}: {error}")
         attempt = work.retried()
         if isinstance(error, UpstreamAuthFailed) and not self._auth_warned:
             self._auth_warned = True

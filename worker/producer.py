@@ -1,21 +1,50 @@
-"""Publishing ``enrich_session`` tasks to the broker, with every wait bounded.
+"""The one producer: every task this product sends goes through here, by name.
 
-The web process does not import ``worker.app`` (that would load the worker's settings and its
-sink checks): it keeps its own small Celery app, configured only to produce, whose calls give
-up within about ``timeout_s`` instead of retrying the way a worker should.
+The console (enqueue, dlq replay, backfill) and the web process do not import the worker's
+Celery app or its settings: they connect a small producer-only app to the broker. The worker
+hands its own app to the same class for the retries and deliveries it queues, so a message
+has one shape whoever sends it.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any, Protocol
 
 from celery import Celery
+from kombu.entity import Exchange, Queue
 
-from worker.celeryconfig import FETCH_QUEUE as QUEUE
-from worker.celeryconfig import own_queue
+from worker.keys import FETCH_QUEUE, delivery_queue
+from worker.work import Work
 
+QUEUE = FETCH_QUEUE
 TASK_NAME = "worker.tasks.enrich_session"
+BATCH_TASK_NAME = "worker.tasks.enrich_batch"
+DELIVER_TASK_NAME = "worker.tasks.deliver"
 POOL_SIZE = 16
+# Flower's search looks in a task's argument repr: every id is listed, up to this many
+# characters (a batch of 1,000 ids of 128 characters stays searchable in full).
+ARGSREPR_MAX_CHARS = 140_000
+
+
+def own_queue(name: str) -> Queue:
+    """A queue on a direct exchange of its own name, bound by its own name.
+
+    A bare ``Queue(name)`` in ``task_queues`` takes the default queue's exchange and routing
+    key ("enrich"), so the worker declared all three queues bound to one key. Celery publishes
+    by queue name, so nothing was misrouted, but anything that routes by exchange (a producer
+    elsewhere, a restore) would have copied a message into every queue.
+    """
+    return Queue(name, Exchange(name, type="direct"), routing_key=name)
+
+
+def describe(batch: Sequence[Work]) -> str:
+    """The argument repr Flower shows and searches: every id, never a payload."""
+    text = "[" + ", ".join(w.session_id for w in batch) + "]"
+    if len(text) <= ARGSREPR_MAX_CHARS:
+        return text
+    return text[: ARGSREPR_MAX_CHARS - 20].rsplit(", ", 1)[0] + f", … {len(batch)} ids]"
 
 
 class Publisher(Protocol):
@@ -55,24 +84,75 @@ def producer_config(broker_url: str, timeout_s: float) -> dict[str, Any]:
 _RETRY_POLICY = {"max_retries": 1, "interval_start": 0, "interval_step": 0, "interval_max": 0}
 
 
-class CeleryPublisher:
-    """Sends ``enrich_session`` by name; blocking, so the app calls it from a thread."""
+class Producer:
+    """Sends ``enrich_session``, ``enrich_batch`` and ``deliver`` messages by name."""
 
-    def __init__(self, broker_url: str, *, timeout_s: float) -> None:
-        self._app = Celery("funnelfox-enricher-ingress", set_as_current=False)
-        self._app.conf.update(producer_config(broker_url, timeout_s))
+    def __init__(self, app: Celery) -> None:
+        self.app = app
+        self._producer: Any = None
+
+    @classmethod
+    def connect(cls, broker_url: str, *, timeout_s: float = 10.0) -> Producer:
+        """A producer of its own, for a process that is not a worker."""
+        app = Celery("funnelfox-enricher-producer", set_as_current=False)
+        app.conf.update(producer_config(broker_url, timeout_s))
+        return cls(app)
+
+    @contextmanager
+    def session(self) -> Iterator[Producer]:
+        """Send everything inside the block over one broker connection."""
+        with self.app.producer_or_acquire() as producer:
+            self._producer = producer
+            try:
+                yield self
+            finally:
+                self._producer = None
 
     def publish(self, session_id: str, trigger: dict[str, Any]) -> None:
-        """Publish one task; kombu's OperationalError (or a socket error) if it did not go."""
-        self._app.send_task(
+        """One ``enrich_session`` (the ingress); raises if it did not reach the broker."""
+        self._send(
             TASK_NAME,
-            args=(session_id,),
-            kwargs={"trigger": trigger},
+            (session_id,),
+            {"trigger": trigger},
+            queue=QUEUE,
+            argsrepr=repr((session_id,)),
             retry=True,
             retry_policy=_RETRY_POLICY,
-            argsrepr=repr((session_id,)),
         )
+
+    def send_fetches(self, works: Sequence[Work], countdown: float | None = None) -> None:
+        """One fetch message for these sessions."""
+        self._send(
+            BATCH_TASK_NAME,
+            ([w.to_message() for w in works],),
+            queue=QUEUE,
+            countdown=countdown,
+            argsrepr=describe(works),
+        )
+
+    def send_deliveries(
+        self, sink: str, works: Sequence[Work], countdown: float | None = None
+    ) -> None:
+        """One delivery message for these payloads, on the sink's own queue."""
+        self._send(
+            DELIVER_TASK_NAME,
+            (sink, [w.to_message() for w in works]),
+            queue=delivery_queue(sink),
+            countdown=countdown,
+            argsrepr=f"({sink!r}, {describe(works)})",
+        )
+
+    def _send(
+        self,
+        name: str,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any] | None = None,
+        **options: Any,
+    ) -> None:
+        if self._producer is not None:
+            options["producer"] = self._producer
+        self.app.send_task(name, args=args, kwargs=kwargs, **options)
 
     def close(self) -> None:
         """Close the pooled broker connections."""
-        self._app.close()
+        self.app.close()

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import redis.asyncio as aioredis
 
-from worker.state import PREFIX
+from worker.keys import FUNNELFOX_RATE_LIMIT
 
 # KEYS[1] = the theoretical arrival time (TAT, microseconds); ARGV = n, interval_us,
 # burst_us, max_wait_us. Returns {granted, first_start_delay_us, interval_us}.
@@ -62,7 +62,7 @@ class FleetRateLimit:
         *,
         rate_per_s: float,
         max_wait_s: float = 5.0,
-        key: str = f"{PREFIX}ratelimit:funnelfox",
+        key: str = FUNNELFOX_RATE_LIMIT,
     ) -> None:
         self._redis = redis
         self._key = key

@@ -20,8 +20,9 @@ from worker.http import HttpSession, make_session
 from worker.pipeline import Pipeline
 from worker.ratelimit import FleetRateLimit
 from worker.redact import make_scrubber, url_secrets
+from worker.redis_clients import async_client
 from worker.retry import RetryPolicy
-from worker.sinks import Sink, StreamSink, WebhookSink
+from worker.sinks.registry import build_sink, register_sinks
 from worker.state import DeliveryState
 
 T = TypeVar("T")
@@ -36,18 +37,6 @@ def new_event_loop() -> asyncio.AbstractEventLoop:
     return uvloop.new_event_loop()
 
 
-def redis_client(url: str, *, max_connections: int = 50) -> aioredis.Redis:
-    """An asyncio Redis client with timeouts, so a half-open connection never hangs a task."""
-    return aioredis.Redis.from_url(
-        url,
-        max_connections=max_connections,
-        socket_timeout=10,
-        socket_connect_timeout=5,
-        health_check_interval=30,
-        socket_keepalive=True,
-    )
-
-
 class Runtime:
     """One per worker process: owns the loop and every client the pipeline uses."""
 
@@ -55,16 +44,19 @@ class Runtime:
         self.settings = settings
         self.loop = new_event_loop()
         self._clients: list[HttpSession] = []
-        self.redis = redis_client(settings.redis_url)
+        self._other_redis: dict[str, aioredis.Redis] = {}
+        self.redis = async_client(settings.redis_url)
         self.pipeline = self._build_pipeline()
 
     def _build_pipeline(self) -> Pipeline:
         settings = self.settings
         assert settings.funnelfox.secret is not None, "checked when the worker started"
-        upstream = self._client(settings.funnelfox.timeout_s, settings.funnelfox.max_connections)
-        sinks: dict[str, Sink] = {}
-        for name in settings.enabled_sinks:
-            sinks[name] = self._sink(name)
+        upstream = self.http_session(
+            timeout_s=settings.funnelfox.timeout_s,
+            max_connections=settings.funnelfox.max_connections,
+        )
+        sinks = {d.name: build_sink(d, self) for d in settings.destinations}
+        self.run(register_sinks(self.redis, list(sinks)))
         return Pipeline(
             funnelfox=FunnelFoxClient(
                 upstream, api_url=settings.funnelfox.api_url, secret=settings.funnelfox.secret
@@ -91,23 +83,19 @@ class Runtime:
             scrub=scrubber(settings),
         )
 
-    def _sink(self, name: str) -> Sink:
-        settings = self.settings
-        if name == "webhook":
-            assert settings.webhook.url is not None
-            assert settings.webhook.secret is not None
-            http = self._client(settings.webhook.timeout_s, settings.webhook.max_connections)
-            return WebhookSink(http, url=settings.webhook.url, secret=settings.webhook.secret)
-        assert name == "stream"
-        assert settings.output_stream is not None
-        return StreamSink(
-            self.redis, stream=settings.output_stream, maxlen=settings.output_stream_maxlen
-        )
-
-    def _client(self, timeout_s: float, max_connections: int) -> HttpSession:
+    def http_session(self, *, timeout_s: float, max_connections: int) -> HttpSession:
+        """A pooled HTTP client, closed with this runtime."""
         client = make_session(timeout_s=timeout_s, max_connections=max_connections)
         self._clients.append(client)
         return client
+
+    def redis_for(self, url: str | None) -> aioredis.Redis:
+        """The state Redis (None), or a client of its own for another Redis."""
+        if url is None or url == self.settings.redis_url:
+            return self.redis
+        if url not in self._other_redis:
+            self._other_redis[url] = async_client(url)
+        return self._other_redis[url]
 
     def run(self, coroutine: Coroutine[Any, Any, T]) -> T:
         """Run one stage to completion on this process's loop."""
@@ -119,7 +107,8 @@ class Runtime:
         async def _close() -> None:
             for client in self._clients:
                 await client.aclose()
-            await self.redis.aclose()
+            for redis in (self.redis, *self._other_redis.values()):
+                await redis.aclose()
 
         self.loop.run_until_complete(_close())
         self.loop.close()

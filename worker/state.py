@@ -1,8 +1,6 @@
 """The worker's own state in Redis: delivery records (idempotency) and short delivery claims.
 
-Keys (all under ``ffe:``):
-    ffe:delivered:<sink>:<id>   set once a sink took the session; lives DEDUPE_TTL_S
-    ffe:claim:<sink>:<id>       held while one worker delivers it, so two never race
+Keys: ``delivered_key`` and ``claim_key`` in ``worker.keys``.
 """
 
 from __future__ import annotations
@@ -12,23 +10,13 @@ from collections.abc import Sequence
 
 import redis.asyncio as aioredis
 
-PREFIX = "ffe:"
+from worker.keys import claim_key, delivered_key
 
 # Delete a claim only if it is still ours: after a lease ran out, another worker may hold it.
 _RELEASE = """
 if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end
 return 0
 """
-
-
-def delivered_key(sink: str, session_id: str) -> str:
-    """The record that ``sink`` has taken ``session_id``."""
-    return f"{PREFIX}delivered:{sink}:{session_id}"
-
-
-def claim_key(sink: str, session_id: str) -> str:
-    """The lease a worker holds while it delivers ``session_id`` to ``sink``."""
-    return f"{PREFIX}claim:{sink}:{session_id}"
 
 
 class DeliveryState:

@@ -8,14 +8,14 @@ Every id keeps its own retries, dead letter and delivery record either way.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import Callable, Coroutine
 from typing import TYPE_CHECKING, Any
 
 from celery import Task
 from celery.exceptions import Reject, Retry
 
 from worker.app import app, settings
-from worker.celeryconfig import delivery_queue
+from worker.producer import Producer
 from worker.retry import RetryPolicy
 from worker.work import Work
 
@@ -23,17 +23,11 @@ if TYPE_CHECKING:
     from worker.pipeline import Pipeline, StageResult
 
 log = logging.getLogger("worker.tasks")
+producer = Producer(app)
 
 # A stage that fails as a whole (Redis away, a bug) is not any session's fault: its message is
 # tried again with backoff for as long as it takes, never dead-lettered for it.
 _WHOLE_MESSAGE_RETRY = RetryPolicy(base_s=1.0, max_s=min(30.0, settings.retry.backoff_max_s))
-
-
-def describe(batch: Sequence[Work]) -> str:
-    """A short argument repr for Flower: ids only, never payloads."""
-    ids = ", ".join(w.session_id for w in batch[:3])
-    more = f" +{len(batch) - 3}" if len(batch) > 3 else ""
-    return f"[{ids}{more}]"
 
 
 def _process(
@@ -66,30 +60,14 @@ def _process(
 
 def _dispatch(result: StageResult, stage: str) -> None:
     """Queue deliveries per sink, and each retry after its own delay."""
-    for sink, works in result.deliveries.items():
-        send_deliveries(sink, works)
-    for work, delay in result.retries:
-        if stage == "fetch":
-            send_fetches([work], countdown=delay)
-        else:
-            send_deliveries(stage, [work], countdown=delay)
-
-
-def send_fetches(works: Sequence[Work], countdown: float | None = None) -> None:
-    """Queue one fetch message for these sessions."""
-    enrich_batch.apply_async(
-        ([w.to_message() for w in works],), countdown=countdown, argsrepr=describe(works)
-    )
-
-
-def send_deliveries(sink: str, works: Sequence[Work], countdown: float | None = None) -> None:
-    """Queue one delivery message for these payloads, on the sink's own queue."""
-    deliver.apply_async(
-        (sink, [w.to_message() for w in works]),
-        queue=delivery_queue(sink),
-        countdown=countdown,
-        argsrepr=f"({sink!r}, {describe(works)})",
-    )
+    with producer.session():
+        for sink, works in result.deliveries.items():
+            producer.send_deliveries(sink, works)
+        for work, delay in result.retries:
+            if stage == "fetch":
+                producer.send_fetches([work], countdown=delay)
+            else:
+                producer.send_deliveries(stage, [work], countdown=delay)
 
 
 @app.task(name="worker.tasks.enrich_session", bind=True)

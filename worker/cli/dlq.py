@@ -8,18 +8,22 @@ letter is replayed in full: its delivery records are dropped, so it is delivered
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import TypeVar
 
 import redis.asyncio as aioredis
 
 from worker.deadletters import DeadLetter, DeadLetters
+from worker.producer import Producer
+from worker.redis_clients import async_client
+from worker.sinks.registry import registered_sinks_async
 from worker.state import DeliveryState
 from worker.work import Work
 
-SINKS = ("webhook", "stream")
 T = TypeVar("T")
+# Records compared and deleted per Redis call after their messages are queued.
+REMOVE_CHUNK = 500
 
 
 @dataclass
@@ -32,9 +36,7 @@ class Replay:
     redelivered: list[str] = field(default_factory=list)
 
 
-async def plan_replay(
-    redis: aioredis.Redis, session_ids: Sequence[str], *, dedupe_ttl_s: int
-) -> Replay:
+async def plan_replay(redis: aioredis.Redis, session_ids: Sequence[str]) -> Replay:
     """Decide what a replay sends; with no ids, every dead letter."""
     store = DeadLetters(redis)
     letters = await store.select(session_ids)
@@ -50,15 +52,21 @@ async def plan_replay(
     dead_ids = {letter.session_id for letter in letters}
     plan.redelivered = [sid for sid in dict.fromkeys(session_ids) if sid not in dead_ids]
     if plan.redelivered:
-        state = DeliveryState(redis, dedupe_ttl_s=dedupe_ttl_s, claim_ttl_s=1)
-        for sink in SINKS:
+        state = DeliveryState(redis, dedupe_ttl_s=1, claim_ttl_s=1)
+        for sink in await registered_sinks_async(redis):
             await state.forget(sink, plan.redelivered)
         plan.fetches += [Work(sid) for sid in plan.redelivered]
     return plan
 
 
+def chunked(items: Sequence[T], size: int) -> Iterator[list[T]]:
+    """``items`` in lists of at most ``size``."""
+    for start in range(0, len(items), size):
+        yield list(items[start : start + size])
+
+
 async def _with_redis(redis_url: str, use: Callable[[aioredis.Redis], Awaitable[T]]) -> T:
-    redis = aioredis.Redis.from_url(redis_url)
+    redis = async_client(redis_url)
     try:
         return await use(redis)
     finally:
@@ -66,22 +74,27 @@ async def _with_redis(redis_url: str, use: Callable[[aioredis.Redis], Awaitable[
 
 
 def replay(
-    redis_url: str,
-    session_ids: Sequence[str],
-    *,
-    dedupe_ttl_s: int,
-    send_fetches: Callable[[list[Work]], None],
-    send_deliveries: Callable[[str, list[Work]], None],
+    redis_url: str, session_ids: Sequence[str], producer: Producer, *, batch_size: int
 ) -> Replay:
-    """Plan, send, then drop the replayed records (only once their messages are queued)."""
+    """Plan, send in batches, then drop each replayed record if it is still the one read.
+
+    Messages carry at most ``batch_size`` sessions, like the worker's own, so a replay of any
+    size is tasks a worker finishes within its time limit. A record is dropped only once its
+    message is queued, and only if unchanged: a session that failed again meanwhile keeps
+    its new record.
+    """
 
     async def run(redis: aioredis.Redis) -> Replay:
-        plan = await plan_replay(redis, session_ids, dedupe_ttl_s=dedupe_ttl_s)
-        if plan.fetches:
-            send_fetches(plan.fetches)
-        for sink, works in plan.deliveries.items():
-            send_deliveries(sink, works)
-        await DeadLetters(redis).remove(plan.letters)
+        plan = await plan_replay(redis, session_ids)
+        with producer.session():
+            for chunk in chunked(plan.fetches, batch_size):
+                producer.send_fetches(chunk)
+            for sink, works in plan.deliveries.items():
+                for chunk in chunked(works, batch_size):
+                    producer.send_deliveries(sink, chunk)
+        store = DeadLetters(redis)
+        for letters in chunked(plan.letters, REMOVE_CHUNK):
+            await store.remove_unchanged(letters)
         return plan
 
     return asyncio.run(_with_redis(redis_url, run))

@@ -9,6 +9,7 @@ from typing import TextIO
 
 from worker.errors import InvalidSessionId
 from worker.ids import check_session_id
+from worker.producer import Producer
 from worker.work import Work
 
 
@@ -52,24 +53,29 @@ def batches(
 
 
 def enqueue(
-    entries: Iterable[tuple[str, str]], *, batch_size: int, err: TextIO = sys.stderr
+    entries: Iterable[tuple[str, str]],
+    producer: Producer,
+    *,
+    batch_size: int,
+    err: TextIO = sys.stderr,
 ) -> EnqueueReport:
     """Enqueue (where, id) entries as ``enrich_batch`` messages over one broker connection."""
-    from worker.tasks import describe, enrich_batch
-
     report = EnqueueReport()
-    with enrich_batch.app.producer_or_acquire() as producer:
+    with producer.session():
         for batch in batches(entries, batch_size, report, err):
-            enrich_batch.apply_async(
-                ([w.to_message() for w in batch],), producer=producer, argsrepr=describe(batch)
-            )
+            producer.send_fetches(batch)
             report.enqueued += len(batch)
     return report
 
 
 def enqueue_ids(
-    ids: Iterable[str], *, batch_size: int, source: str = "id", err: TextIO = sys.stderr
+    ids: Iterable[str],
+    producer: Producer,
+    *,
+    batch_size: int,
+    source: str = "id",
+    err: TextIO = sys.stderr,
 ) -> EnqueueReport:
     """Enqueue plain ids (no ``-`` convention): what other producers in this project use."""
     entries = ((f"{source} {n}", value) for n, value in enumerate(ids, start=1))
-    return enqueue(entries, batch_size=batch_size, err=err)
+    return enqueue(entries, producer, batch_size=batch_size, err=err)

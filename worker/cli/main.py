@@ -6,6 +6,11 @@ import argparse
 import sys
 from collections.abc import Sequence
 
+from config import ConfigError, Settings, load_settings
+
+# A configuration problem (a variable missing or wrong, Redis not answering).
+EXIT_CONFIG = 2
+
 
 def build_parser() -> argparse.ArgumentParser:
     """The command line, one sub-command per job."""
@@ -41,29 +46,46 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run one command; the exit status is non-zero if anything was refused."""
     args = build_parser().parse_args(argv)
+    try:
+        settings = _settings()
+    except ConfigError as exc:
+        print(f"funnelfox-enricher: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
     if args.command == "enqueue":
-        return _enqueue(args.ids)
+        return _enqueue(settings, args.ids)
     if args.command == "dlq":
-        return _dlq(args)
+        return _dlq(settings, args)
     if args.command == "backfill":
         from worker.cli.backfill.run import main as backfill
 
-        return backfill(args)
+        return backfill(settings, args)
     raise AssertionError(args.command)  # argparse only lets known commands through
 
 
-def _enqueue(ids: list[str]) -> int:
-    from worker.app import settings
-    from worker.cli.enqueue import enqueue, read_ids
+def _settings() -> Settings:
+    """The settings a console command needs (no sink: it delivers nothing), Redis checked."""
+    from worker.redis_clients import require_reachable
 
-    report = enqueue(read_ids(ids, sys.stdin), batch_size=settings.worker_batch_size)
+    settings = load_settings(require_sink=False)
+    require_reachable(settings.redis_url)
+    return settings
+
+
+def _enqueue(settings: Settings, ids: list[str]) -> int:
+    from worker.cli.enqueue import enqueue, read_ids
+    from worker.producer import Producer
+
+    producer = Producer.connect(settings.redis_url)
+    try:
+        report = enqueue(read_ids(ids, sys.stdin), producer, batch_size=settings.worker_batch_size)
+    finally:
+        producer.close()
     refused = len(report.refused)
     print(f"enqueued {report.enqueued} session id(s), refused {refused}", file=sys.stderr)
     return 1 if refused else 0
 
 
-def _dlq(args: argparse.Namespace) -> int:
-    from worker.app import settings
+def _dlq(settings: Settings, args: argparse.Namespace) -> int:
     from worker.cli import dlq as replay
 
     if args.dlq_command == "list":
@@ -74,15 +96,15 @@ def _dlq(args: argparse.Namespace) -> int:
         removed = replay.purge(settings.redis_url, args.ids)
         print(f"purged {removed} dead letter(s)", file=sys.stderr)
         return 0
-    from worker.tasks import send_deliveries, send_fetches
+    from worker.producer import Producer
 
-    plan = replay.replay(
-        settings.redis_url,
-        args.ids,
-        dedupe_ttl_s=settings.dedupe_ttl_s,
-        send_fetches=send_fetches,
-        send_deliveries=send_deliveries,
-    )
+    producer = Producer.connect(settings.redis_url)
+    try:
+        plan = replay.replay(
+            settings.redis_url, args.ids, producer, batch_size=settings.worker_batch_size
+        )
+    finally:
+        producer.close()
     for session_id in plan.redelivered:
         print(f"{session_id}: no dead letter; delivering it again in full", file=sys.stderr)
     print(

@@ -14,7 +14,8 @@ import enum
 
 import redis.asyncio as aioredis
 
-PREFIX = "ffe:event:"
+from worker.keys import event_key
+
 PENDING_TTL_S = 30
 _PENDING = b"pending"
 _ENQUEUED = b"enqueued"
@@ -26,11 +27,6 @@ class Claim(enum.Enum):
     NEW = "new"  # ours: publish it
     DUPLICATE = "duplicate"  # already in the broker
     IN_PROGRESS = "in_progress"  # another request is publishing it right now
-
-
-def event_key(event_id: str) -> str:
-    """The marker of one event."""
-    return PREFIX + event_id
 
 
 class EventMarkers:

@@ -20,9 +20,6 @@ import redis
 import redis.asyncio as aioredis
 from prometheus_client import CONTENT_TYPE_LATEST
 from pydantic import ValidationError
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
-from redis.exceptions import ConnectionError as RedisConnectionError
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -36,7 +33,8 @@ from worker.ingress.markers import Claim, EventMarkers
 from worker.ingress.openapi import openapi_document
 from worker.ingress.settings import IngressConfig
 from worker.metrics import render as render_metrics
-from worker.producer import POOL_SIZE, CeleryPublisher, Publisher
+from worker.producer import POOL_SIZE, Producer, Publisher
+from worker.redis_clients import async_fail_fast_client, sync_client
 
 log = logging.getLogger("worker.ingress")
 
@@ -58,19 +56,6 @@ def _error(
     )
 
 
-def redis_client(url: str, timeout_s: float) -> aioredis.Redis:
-    """A Redis client whose every call gives up within about ``timeout_s``."""
-    return aioredis.Redis.from_url(
-        url,
-        socket_timeout=timeout_s,
-        socket_connect_timeout=timeout_s,
-        # One immediate retry for a connection that went stale; a timeout is not tried twice.
-        retry=Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)),
-        health_check_interval=30,
-        max_connections=64,
-    )
-
-
 class Ingress:
     """The routes' shared state: configuration, a Redis client and the task publisher."""
 
@@ -86,11 +71,11 @@ class Ingress:
     @asynccontextmanager
     async def lifespan(self, app: Starlette) -> AsyncIterator[None]:
         """Open the clients on the server's loop; close them on shutdown."""
-        self._redis = redis_client(self.config.redis_url, self.config.broker_timeout_s)
+        self._redis = async_fail_fast_client(self.config.redis_url, self.config.broker_timeout_s)
         # Bounds the threads blocked on the broker, and so its pooled connections.
         self._limiter = anyio.CapacityLimiter(POOL_SIZE)
         if self._publisher is None:
-            self._publisher = CeleryPublisher(
+            self._publisher = Producer.connect(
                 self.config.redis_url, timeout_s=self.config.broker_timeout_s
             )
         log.info(
@@ -143,8 +128,8 @@ class Ingress:
     def _metrics_redis(self) -> redis.Redis:
         if self._sync_redis is None:
             timeout = max(1.0, self.config.broker_timeout_s)
-            self._sync_redis = redis.Redis.from_url(
-                self.config.redis_url, socket_timeout=timeout, socket_connect_timeout=timeout
+            self._sync_redis = sync_client(
+                self.config.redis_url, timeout_s=timeout, connect_timeout_s=timeout
             )
         return self._sync_redis
 

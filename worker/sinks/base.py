@@ -5,15 +5,24 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Protocol, Self
 
-from worker.errors import StageError
+import redis.asyncio as aioredis
+
+from worker.http import HttpSession
+
+if TYPE_CHECKING:
+    from config.destinations import Destination
 
 
 @dataclass(frozen=True)
 class Outcome:
-    """How one delivery attempt went: None is success. Its time feeds the latency metric."""
+    """How one delivery attempt went: None is success. Its time feeds the latency metric.
 
-    error: StageError | None
+    ``error`` is a StageError, or any other exception for a bug; never raised for one item.
+    """
+
+    error: BaseException | None
     duration_s: float
 
 
@@ -25,10 +34,25 @@ class Delivery:
     payload: bytes
 
 
+class Resources(Protocol):
+    """What the worker process lends a sink: pooled clients, shared across sinks."""
+
+    def http_session(self, *, timeout_s: float, max_connections: int) -> HttpSession:
+        """A pooled HTTP client of this process."""
+
+    def redis_for(self, url: str | None) -> aioredis.Redis:
+        """A Redis client for ``url``; None is the worker's own state Redis."""
+
+
 class Sink(ABC):
     """A destination. ``deliver`` never raises for one item: it returns that item's outcome."""
 
     name: str
+
+    @classmethod
+    def from_destination(cls, destination: Destination, resources: Resources) -> Self:
+        """Build the sink for one configured destination (every registered kind has one)."""
+        raise NotImplementedError(f"{cls.__name__} is not a registered kind of sink")
 
     @abstractmethod
     async def deliver(self, deliveries: Sequence[Delivery]) -> list[Outcome]:

@@ -4,25 +4,39 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
+from typing import Self
 
 import redis.asyncio as aioredis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from config.destinations import Destination, StreamDestination
 from worker import errors
-from worker.sinks.base import Delivery, Outcome, Sink
+from worker.sinks.base import Delivery, Outcome, Resources, Sink
 
 
 class StreamSink(Sink):
     """Appends ``{session_id, payload}`` entries; one pipelined round trip per batch."""
 
-    name = "stream"
-
-    def __init__(self, redis: aioredis.Redis, *, stream: str, maxlen: int) -> None:
+    def __init__(
+        self, redis: aioredis.Redis, *, stream: str, maxlen: int, name: str = "stream"
+    ) -> None:
+        self.name = name
         self._redis = redis
         self._stream = stream
         self._maxlen = maxlen
+
+    @classmethod
+    def from_destination(cls, destination: Destination, resources: Resources) -> Self:
+        """A sink for a ``type = "redis_stream"`` destination."""
+        assert isinstance(destination, StreamDestination)
+        return cls(
+            resources.redis_for(destination.redis_url),
+            stream=destination.stream,
+            maxlen=destination.maxlen,
+            name=destination.name,
+        )
 
     async def deliver(self, deliveries: Sequence[Delivery]) -> list[Outcome]:
         """XADD every payload in one pipeline; a failed command fails only its item."""

@@ -7,26 +7,53 @@ import hashlib
 import time
 from collections.abc import Sequence
 from datetime import UTC, datetime
+from typing import Self
 
 import httpx
 from pydantic import SecretStr
 from standardwebhooks.webhooks import Webhook
 
+from config.destinations import Destination, WebhookDestination
 from worker import errors
-from worker.http import HttpSession, excerpt, parse_retry_after, translate_transport_error
-from worker.sinks.base import Delivery, Outcome, Sink
+from worker.http import (
+    TRANSPORT_ERRORS,
+    HttpSession,
+    excerpt,
+    parse_retry_after,
+    translate_transport_error,
+)
+from worker.sinks.base import Delivery, Outcome, Resources, Sink
 
 
 class WebhookSink(Sink):
     """POSTs each payload to WEBHOOK_URL with ``webhook-id/-timestamp/-signature`` headers."""
 
-    name = "webhook"
-
-    def __init__(self, http: HttpSession, *, url: str, secret: SecretStr) -> None:
+    def __init__(
+        self,
+        http: HttpSession,
+        *,
+        url: str,
+        secret: SecretStr | None = None,
+        secrets: Sequence[SecretStr] = (),
+        name: str = "webhook",
+    ) -> None:
+        self.name = name
         self._http = http
         self._url = url
         self._parsed_url = httpx.URL(url)  # parsed once, not on every POST
-        self._signer = Webhook(secret.get_secret_value())
+        keys = [*secrets, *([secret] if secret is not None else [])]
+        if not keys:
+            raise ValueError("a webhook sink needs at least one secret")
+        self._signers = [Webhook(key.get_secret_value()) for key in keys]
+
+    @classmethod
+    def from_destination(cls, destination: Destination, resources: Resources) -> Self:
+        """A sink for a ``type = "webhook"`` destination."""
+        assert isinstance(destination, WebhookDestination)
+        http = resources.http_session(
+            timeout_s=destination.timeout_s, max_connections=destination.max_connections
+        )
+        return cls(http, url=destination.url, secrets=destination.secrets, name=destination.name)
 
     def message_id(self, session_id: str) -> str:
         """Stable per session and destination, so a receiver can drop repeats of a retry."""
@@ -36,7 +63,9 @@ class WebhookSink(Sink):
     def headers(self, session_id: str, payload: bytes, now: datetime) -> dict[str, str]:
         """The signed headers for one attempt; the timestamp is the attempt's own."""
         message_id = self.message_id(session_id)
-        signature = self._signer.sign(message_id, now, payload.decode())
+        text = payload.decode()
+        # One "v1,<signature>" per key, space-separated: a receiver holding any one verifies.
+        signature = " ".join(signer.sign(message_id, now, text) for signer in self._signers)
         return {
             "content-type": "application/json",
             "webhook-id": message_id,
@@ -50,7 +79,12 @@ class WebhookSink(Sink):
 
     async def _timed_post(self, delivery: Delivery) -> Outcome:
         started = time.perf_counter()
-        error = await self._post(delivery)
+        try:
+            error: BaseException | None = await self._post(delivery)
+        except Exception as exc:
+            # Not a transport error (those are translated in _post): a bug, which the
+            # pipeline logs with its traceback and retries as internal_error.
+            error = exc
         return Outcome(error, time.perf_counter() - started)
 
     async def _post(self, delivery: Delivery) -> errors.StageError | None:
@@ -59,7 +93,7 @@ class WebhookSink(Sink):
             response = await self._http.request(
                 "POST", self._parsed_url, content=delivery.payload, headers=headers
             )
-        except Exception as exc:  # translated at this boundary, nowhere else
+        except TRANSPORT_ERRORS as exc:  # translated at this boundary, nowhere else
             return translate_transport_error(
                 exc, unavailable=errors.SinkUnavailable, rejected=errors.SinkRejected
             )

@@ -16,7 +16,7 @@ from typing import Any
 import orjson
 import redis
 
-PREFIX = "ffe:backfill:"
+from worker.keys import backfill_key
 
 
 @dataclass(frozen=True)
@@ -30,7 +30,7 @@ class Position:
 def position_key(identity: dict[str, Any]) -> str:
     """The key of one filter's position: the same arguments always give the same key."""
     digest = hashlib.sha256(orjson.dumps(identity, option=orjson.OPT_SORT_KEYS)).hexdigest()
-    return PREFIX + digest[:32]
+    return backfill_key(digest[:32])
 
 
 class PositionStore:

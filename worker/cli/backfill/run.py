@@ -213,10 +213,14 @@ def _session_id(item: dict[str, Any]) -> str:
 # -- the command (arguments in worker.cli.backfill.args) ------------------------------------------
 
 
-def main(args: argparse.Namespace, *, out: TextIO = sys.stdout, err: TextIO = sys.stderr) -> int:
+def main(
+    settings: Settings,
+    args: argparse.Namespace,
+    *,
+    out: TextIO = sys.stdout,
+    err: TextIO = sys.stderr,
+) -> int:
     """Run a backfill from parsed arguments against the configured FunnelFox and Redis."""
-    from worker.app import settings
-
     if args.since and args.until and args.since >= args.until:
         print("backfill: --since must be before --until", file=err)
         return EXIT_CONFIG
@@ -232,37 +236,39 @@ def _run(
 ) -> int:
     import asyncio
 
-    import redis
-
     from worker.cli.backfill.pages import BackfillError, SessionPages, make_sync_client
     from worker.cli.enqueue import enqueue_ids
+    from worker.producer import Producer
+    from worker.redis_clients import async_client, sync_client
     from worker.retry import RetryPolicy
-    from worker.runtime import redis_client
+    from worker.sinks.registry import registered_sinks
     from worker.state import DeliveryState
 
     assert settings.funnelfox.secret is not None
-    sinks = settings.enabled_sinks
     policy = RetryPolicy(
         base_s=settings.retry.backoff_base_s,
         max_s=settings.retry.backoff_max_s,
         max_attempts=settings.retry.max_attempts,
     )
     progress = Progress(err)
-    sync_redis = redis.Redis.from_url(
-        settings.redis_url, socket_timeout=10, socket_connect_timeout=5
-    )
+    sync_redis = sync_client(settings.redis_url)
+    sinks = registered_sinks(sync_redis)
     store = PositionStore(
         sync_redis, filter_.identity(settings.funnelfox.api_url), ttl_s=settings.dedupe_ttl_s
     )
 
+    producer = Producer.connect(settings.redis_url)
+
     def send(ids: list[str]) -> None:
-        enqueue_ids(ids, batch_size=settings.worker_batch_size, source="listed id", err=err)
+        enqueue_ids(
+            ids, producer, batch_size=settings.worker_batch_size, source="listed id", err=err
+        )
 
     with (
         asyncio.Runner() as loop,
         make_sync_client(settings.funnelfox.timeout_s) as http,
     ):
-        async_redis = redis_client(settings.redis_url, max_connections=2)
+        async_redis = async_client(settings.redis_url, max_connections=2)
         state = DeliveryState(async_redis, dedupe_ttl_s=settings.dedupe_ttl_s, claim_ttl_s=1)
         pages = SessionPages(
             http,
@@ -301,6 +307,7 @@ def _run(
         finally:
             loop.run(async_redis.aclose())
             sync_redis.close()
+            producer.close()
     progress.finish(backfill.counts)
     if outcome == "limit":
         print(f"backfill: stopped at --limit {args.limit}; run again to continue", file=err)

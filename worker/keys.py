@@ -1,0 +1,66 @@
+"""Every name this product gives things in Redis: its queues and its keys, one owner for each.
+
+Queues (Celery's, on the broker's Redis):
+    enrich                       fetch, validate, enrich (``enrich_session``, ``enrich_batch``)
+    deliver.<sink>               one sink's deliveries, so a slow sink never holds up another
+
+Keys (the worker's own state, all under ``ffe:``):
+    ffe:delivered:<sink>:<id>    a sink took the session; lives DEDUPE_TTL_S
+    ffe:claim:<sink>:<id>        held while one worker delivers it, so two never race
+    ffe:dlq                      dead letters: hash of ``<stage>|<id>`` → JSON record
+    ffe:dlq:payload              payloads kept for a replay: same fields → payload bytes
+    ffe:metrics                  the fleet's counters and histogram buckets (a hash)
+    ffe:ratelimit:funnelfox      the fleet's FunnelFox rate limit (GCRA state)
+    ffe:event:<event id>         an ingress event marker (pending, then enqueued)
+    ffe:backfill:<digest>        where one backfill stands
+    ffe:sinks                    the fleet's destinations: name → queue (workers register)
+
+kombu's own (read, never written, by this product):
+    unacked                      messages taken by a worker and not yet acknowledged
+"""
+
+from __future__ import annotations
+
+PREFIX = "ffe:"
+
+FETCH_QUEUE = "enrich"
+
+# kombu's Redis transport keeps unacknowledged messages in this hash (its default name).
+KOMBU_UNACKED = "unacked"
+
+DEAD_LETTERS = f"{PREFIX}dlq"
+DEAD_LETTER_PAYLOADS = f"{PREFIX}dlq:payload"
+METRICS = f"{PREFIX}metrics"
+FUNNELFOX_RATE_LIMIT = f"{PREFIX}ratelimit:funnelfox"
+EVENT_MARKER_PREFIX = f"{PREFIX}event:"
+BACKFILL_PREFIX = f"{PREFIX}backfill:"
+
+
+def delivery_queue(sink: str) -> str:
+    """The queue a sink's deliveries wait in."""
+    return f"deliver.{sink}"
+
+
+def delivered_key(sink: str, session_id: str) -> str:
+    """The record that ``sink`` has taken ``session_id``."""
+    return f"{PREFIX}delivered:{sink}:{session_id}"
+
+
+def claim_key(sink: str, session_id: str) -> str:
+    """The lease a worker holds while it delivers ``session_id`` to ``sink``."""
+    return f"{PREFIX}claim:{sink}:{session_id}"
+
+
+def event_key(event_id: str) -> str:
+    """The ingress's marker of one FunnelFox event."""
+    return EVENT_MARKER_PREFIX + event_id
+
+
+def backfill_key(digest: str) -> str:
+    """Where the backfill of one filter (by its digest) stands."""
+    return BACKFILL_PREFIX + digest
+
+
+# Destinations the fleet's workers deliver to: name → queue, written by each worker at start,
+# so the console and the metrics reader know them without the workers' settings.
+SINKS = f"{PREFIX}sinks"
