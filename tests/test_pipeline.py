@@ -19,10 +19,10 @@ from worker import errors
 from worker.deadletters import DeadLetters
 from worker.fetch import FunnelFoxClient
 from worker.http import HttpSession
+from worker.keys import claim_key, delivered_key
 from worker.pipeline import Pipeline, StageResult
 from worker.retry import RetryPolicy
 from worker.sinks.base import Delivery, Outcome, Sink
-from worker.keys import claim_key, delivered_key
 from worker.state import DeliveryState
 from worker.work import Work
 from workshop.sessions import make_session
