@@ -239,5 +239,8 @@ def load_settings(*, require_sink: bool = True, **overrides: Any) -> Settings:
 def describe_invalid(model: type[BaseSettings], exc: ValidationError) -> str:
     """What is wrong, by variable name."""
     # Only the location and message: pydantic's default text would echo the input value.
-    problems = [f"{_env_name(model, err['loc'])}: {err['msg']}" for err in exc.errors()]
+    problems = [
+        f"{_env_name(model, err['loc'])}: {err['msg'].removeprefix('Value error, ')}"
+        for err in exc.errors()
+    ]
     return "invalid configuration: " + "; ".join(problems)

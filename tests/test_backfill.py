@@ -14,7 +14,7 @@ import pytest
 import redis
 from processes import ROOT, Process, run_cli, start_worker, wait_until
 
-from worker.keys import FETCH_QUEUE, delivered_key
+from worker.keys import FETCH_QUEUE, SINKS, delivered_key
 from workshop.funnelfox import FunnelFoxSimulator
 from workshop.receiver import WebhookReceiver
 from workshop.sessions import funnel_created_at, funnel_profile_id
@@ -205,6 +205,8 @@ def test_sessions_every_sink_has_are_skipped(
     funnel = "fun-d"
     simulator.set_funnels({funnel: 60})
     everything = simulator.funnel_session_ids(funnel)
+    # The fleet's destinations, as its workers register them when they start.
+    redis_client.hset(SINKS, mapping={"webhook": "deliver.webhook", "stream": "deliver.stream"})
     for sid in everything[:10]:  # delivered to both sinks: skipped
         redis_client.set(delivered_key("webhook", sid), "1")
         redis_client.set(delivered_key("stream", sid), "1")

@@ -211,8 +211,8 @@ def test_env_example_loads(
 ) -> None:
     """Copied as it is, or with every example line switched on, the settings accept it."""
     from config import load_settings
-    from worker.flower import load_flower_settings
-    from worker.ingress.settings import load_config
+    from config.flower import load_flower_settings
+    from config.ingress import load_config
 
     for name in list(os.environ):
         if name in setting_names() or name == "PORT":

@@ -23,10 +23,10 @@ from pydantic import SecretStr
 from starlette.applications import Starlette
 
 from config import ConfigError
+from config.ingress import IngressConfig, load_config
 from worker.ingress.markers import PENDING_TTL_S
 from worker.ingress.openapi import PUBLISHED, openapi_document, render
 from worker.ingress.service import create_app
-from worker.ingress.settings import IngressConfig, load_config
 from worker.keys import event_key
 from worker.producer import QUEUE, TASK_NAME
 

@@ -14,9 +14,9 @@ from schemathesis import Case
 from schemathesis.specs.openapi.checks import positive_data_acceptance
 from test_ingress import LiveServer
 
+from config.ingress import IngressConfig
 from worker.ingress.openapi import openapi_document
 from worker.ingress.service import create_app
-from worker.ingress.settings import IngressConfig
 from worker.producer import QUEUE
 
 SECRET_HEADERS = ("Fox-Secret-Key", "Fox-Secret")

@@ -32,11 +32,28 @@ app.conf.update(celery_config(settings))
 @signals.celeryd_init.connect
 def _check_before_start(**_: Any) -> None:
     # SystemExit passes through Celery's signal dispatch, so a bad config stops the worker.
+    from worker.redis_clients import require_reachable
+
     try:
         check_worker_limits(settings)
+        require_reachable(settings.redis_url)
     except ConfigError as exc:
         print(f"funnelfox-enricher: refusing to start: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
+
+
+@signals.worker_ready.connect
+def _register_destinations(**_: Any) -> None:
+    # So the console (backfill, dlq replay) and /metrics know the fleet's destinations
+    # without this worker's settings.
+    from worker.redis_clients import sync_client
+    from worker.sinks.registry import register_sinks
+
+    client = sync_client(settings.redis_url)
+    try:
+        register_sinks(client, settings.enabled_sinks)
+    finally:
+        client.close()
 
 
 @signals.setup_logging.connect

@@ -22,7 +22,7 @@ from worker.ratelimit import FleetRateLimit
 from worker.redact import make_scrubber, url_secrets
 from worker.redis_clients import async_client
 from worker.retry import RetryPolicy
-from worker.sinks.registry import build_sink, register_sinks
+from worker.sinks.registry import build_sink
 from worker.state import DeliveryState
 
 T = TypeVar("T")
@@ -56,7 +56,6 @@ class Runtime:
             max_connections=settings.funnelfox.max_connections,
         )
         sinks = {d.name: build_sink(d, self) for d in settings.destinations}
-        self.run(register_sinks(self.redis, list(sinks)))
         return Pipeline(
             funnelfox=FunnelFoxClient(
                 upstream, api_url=settings.funnelfox.api_url, secret=settings.funnelfox.secret

@@ -11,17 +11,20 @@ import sys
 from starlette.applications import Starlette
 
 from config import ConfigError
+from config.ingress import IngressConfig, load_config
 from worker.ingress.service import create_app
-from worker.ingress.settings import IngressConfig, load_config
 from worker.logs import configure_logging
+from worker.redis_clients import require_reachable
 
 
 def _load() -> IngressConfig:
     try:
-        return load_config()
+        config = load_config()
+        require_reachable(config.redis_url)
     except ConfigError as exc:
         print(f"funnelfox-enricher ingress: refusing to start: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
+    return config
 
 
 config = _load()

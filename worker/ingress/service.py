@@ -25,13 +25,13 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from config.ingress import IngressConfig
 from worker.errors import InvalidSessionId
 from worker.ids import check_session_id
 from worker.ingress.body import BadContentLength, BodyTooLarge, read_limited
 from worker.ingress.events import Event, problems
 from worker.ingress.markers import Claim, EventMarkers
 from worker.ingress.openapi import openapi_document
-from worker.ingress.settings import IngressConfig
 from worker.metrics import render as render_metrics
 from worker.producer import POOL_SIZE, Producer, Publisher
 from worker.redis_clients import async_fail_fast_client, sync_client

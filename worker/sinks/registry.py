@@ -26,10 +26,10 @@ def build_sink(destination: Destination, resources: Resources) -> Sink:
     return SINK_KINDS[destination.type].from_destination(destination, resources)
 
 
-async def register_sinks(client: aioredis.Redis, names: list[str]) -> None:
+def register_sinks(client: redis.Redis, names: list[str]) -> None:
     """Record this worker's destinations for the console and the metrics reader."""
     if names:
-        await client.hset(SINKS, mapping={name: delivery_queue(name) for name in names})
+        client.hset(SINKS, mapping={name: delivery_queue(name) for name in names})
 
 
 def registered_sinks(client: redis.Redis) -> list[str]:

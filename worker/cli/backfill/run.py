@@ -279,6 +279,8 @@ def _run(
         )
 
         def undelivered(ids: list[str]) -> list[bool]:
+            if not sinks:  # no worker has registered a destination yet: nothing delivered
+                return [True] * len(ids)
             return [bool(left) for left in loop.run(state.pending_sinks(ids, sinks))]
 
         backfill = Backfill(

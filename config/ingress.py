@@ -7,8 +7,7 @@ from dataclasses import dataclass
 from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from config import ConfigError, Settings, load_settings
-from config.settings import describe_invalid
+from config.settings import ConfigError, Settings, describe_invalid, load_settings
 
 DEFAULT_EVENT_TYPES = "onboarding.completed"
 DEFAULT_MAX_BODY_BYTES = 1024 * 1024
@@ -46,11 +45,12 @@ class IngressConfig:
     event_types: frozenset[str] = frozenset({DEFAULT_EVENT_TYPES})
     accept_sandbox: bool = True
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
-    dedupe_ttl_s: int = 7 * 24 * 3600
-    broker_timeout_s: float = 0.5
-    log_format: str = "text"
-    log_level: str = "INFO"
-    log_client_ips: bool = False
+    # Written once, in the models that read them.
+    dedupe_ttl_s: int = Settings.model_fields["dedupe_ttl_s"].default
+    broker_timeout_s: float = IngressSettings.model_fields["broker_timeout_s"].default
+    log_format: str = Settings.model_fields["log_format"].default
+    log_level: str = Settings.model_fields["log_level"].default
+    log_client_ips: bool = Settings.model_fields["log_client_ips"].default
 
 
 def _split(value: str) -> list[str]:
