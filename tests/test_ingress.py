@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 import socket
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -400,6 +403,19 @@ def test_other_methods_and_paths(client: httpx.Client, redis_client: redis.Redis
     assert nothing_queued(redis_client)
 
 
+def test_a_trailing_slash_is_the_route_itself_never_a_redirect(
+    client: httpx.Client, redis_client: redis.Redis
+) -> None:
+    """A redirect would answer before the secret is checked, and drop the body on the way."""
+    refused = client.post(WEBHOOK + "/", json=event())
+    assert refused.status_code == 401
+    assert nothing_queued(redis_client)
+    accepted = client.post(WEBHOOK + "/", json=event(), headers=AUTH)
+    assert accepted.status_code == 202
+    assert len(queued(redis_client)) == 1
+    assert client.get("/healthz/").status_code == 404  # no other path redirects either
+
+
 # -- the broker away ---------------------------------------------------------------------------
 
 
@@ -583,3 +599,18 @@ def test_bad_values_name_their_variable(
         load_config()
     # The value may be a secret pasted into the wrong variable: never repeated.
     assert "secret_" not in str(raised.value)
+
+
+def test_the_web_process_loads_no_enrichment(redis_url: str) -> None:
+    """ua-parser's rules and pycountry's tables cost memory the web process never uses."""
+    code = (
+        "import sys, worker.ingress.app\n"
+        "heavy = ('ua_parser', 'pycountry', 'worker.enrich', 'worker.tasks', 'worker.app')\n"
+        "print(sorted(m for m in sys.modules if m.startswith(heavy)))\n"
+    )
+    env = {**os.environ, "REDIS_URL": redis_url, "FUNNELFOX_SECRET": FOX_SECRET}
+    done = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"

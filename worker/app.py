@@ -9,7 +9,7 @@ from typing import Any
 from celery import Celery, signals
 
 from config import ConfigError, Settings, load_settings
-from worker import brokerfix
+from worker import kombu_restore_guard
 from worker.celeryconfig import celery_config, check_worker_limits
 
 log = logging.getLogger("worker.app")
@@ -24,7 +24,7 @@ def _load() -> Settings:
 
 
 settings = _load()
-brokerfix.install()
+kombu_restore_guard.install()
 app = Celery("funnelfox-enricher", include=["worker.tasks"])
 app.conf.update(celery_config(settings))
 

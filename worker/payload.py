@@ -10,22 +10,9 @@ from pydantic import BaseModel, ConfigDict
 
 from worker.enrich import Enrichment
 from worker.models import Session
+from worker.trigger import Trigger
 
 EVENT_TYPE = "session.enriched"
-
-
-class Trigger(BaseModel):
-    """The FunnelFox event that started this session's run, when one did."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    event_id: str | None = None
-    type: str | None = None
-    created_at: int | None = None
-    is_sandbox: bool | None = None
-    project_id: str | None = None
-    funnel_id: str | None = None
-    profile_id: str | None = None
 
 
 class EnrichedData(BaseModel):

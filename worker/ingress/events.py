@@ -7,7 +7,7 @@ from typing import Annotated, Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from worker.ids import SESSION_ID_PATTERN
-from worker.payload import Trigger
+from worker.trigger import Trigger
 
 # Event ids become part of a Redis key: the same opaque alphabet as session ids.
 EVENT_ID_PATTERN = r"^[A-Za-z0-9_-]{1,128}$"

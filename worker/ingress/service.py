@@ -95,6 +95,9 @@ class Ingress:
         """Every route of the app."""
         return [
             Route(WEBHOOK_PATH, self.webhook, methods=["POST"]),
+            # The same route, not a redirect to it: a 307 would answer before the secret is
+            # checked (see create_app, which turns redirects off everywhere).
+            Route(WEBHOOK_PATH + "/", self.webhook, methods=["POST"], include_in_schema=False),
             Route("/healthz", self.healthz, methods=["GET"]),
             Route("/readyz", self.readyz, methods=["GET"]),
             Route("/metrics", self.metrics, methods=["GET"]),
@@ -276,5 +279,6 @@ def create_app(config: IngressConfig, *, publisher: Publisher | None = None) -> 
     """The ASGI app for ``config``; ``publisher`` replaces the Celery one in tests."""
     ingress = Ingress(config, publisher)
     app = Starlette(routes=ingress.routes(), lifespan=ingress.lifespan)
+    app.router.redirect_slashes = False
     app.state.ingress = ingress
     return app
