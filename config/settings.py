@@ -85,14 +85,52 @@ class WebhookSettings(BaseSettings):
         return value
 
 
+# Standard Webhooks' recommended schedule: 5 s, 5 min, 30 min, 2 h, 5 h, 10 h, 10 h (≈ 27.6 h).
+STANDARD_WEBHOOKS_SCHEDULE = "5,300,1800,7200,18000,36000,36000"
+
+
 class RetrySettings(BaseSettings):
-    """One retry policy for every stage: exponential backoff with full jitter."""
+    """One retry policy for every stage.
+
+    RETRY_SCHEDULE_S (the delays before each retry) by default. Setting any of
+    RETRY_BACKOFF_BASE_S, RETRY_BACKOFF_MAX_S or RETRY_MAX_ATTEMPTS switches to exponential
+    backoff with full jitter instead, with those values (and the defaults of the others).
+    """
 
     model_config = _config("RETRY_")
 
+    schedule_s: str = STANDARD_WEBHOOKS_SCHEDULE
     backoff_base_s: float = Field(1.0, gt=0)
     backoff_max_s: float = Field(300.0, gt=0)
     max_attempts: int = Field(8, ge=1)
+
+    @field_validator("schedule_s")
+    @classmethod
+    def _delays(cls, value: str) -> str:
+        parse_schedule(value)
+        return value
+
+    @property
+    def exponential(self) -> bool:
+        """Whether a RETRY_BACKOFF_* or RETRY_MAX_ATTEMPTS variable chose exponential backoff."""
+        return bool({"backoff_base_s", "backoff_max_s", "max_attempts"} & self.model_fields_set)
+
+    @property
+    def schedule(self) -> tuple[float, ...]:
+        """RETRY_SCHEDULE_S as seconds."""
+        return parse_schedule(self.schedule_s)
+
+
+def parse_schedule(value: str) -> tuple[float, ...]:
+    """``"5,300,1800"`` → (5.0, 300.0, 1800.0); ValueError naming what is wrong."""
+    parts = [part.strip() for part in value.split(",")]
+    try:
+        delays = tuple(float(part) for part in parts)
+    except ValueError:
+        raise ValueError("must be comma-separated seconds, e.g. 5,300,1800") from None
+    if not delays or any(not (delay > 0) for delay in delays):
+        raise ValueError("every delay must be a number of seconds above 0")
+    return delays
 
 
 class Settings(BaseSettings):
@@ -114,6 +152,14 @@ class Settings(BaseSettings):
     # Unset: derived from the request timeouts (see worker.celeryconfig.task_time_limit_s).
     task_time_limit_s: int | None = Field(None, ge=1)
     dedupe_ttl_s: int = Field(7 * 24 * 3600, ge=1)
+    # How long a finished session's ledger entry is kept; unset: as long as DEDUPE_TTL_S.
+    ledger_ttl_s: int | None = Field(None, ge=1)
+    # A session neither finished nor scheduled that made no progress for this long is
+    # published again by the reconciler (every worker runs one; one at a time).
+    reconcile_after_s: int = Field(300, ge=1)
+    # Off only to measure what the ledger costs (make bench): without it, retries wait in the
+    # broker and lost messages are not noticed.
+    ledger_enabled: bool = True
     log_format: Literal["text", "json"] = "text"
     log_level: str = "INFO"
     # Off: no log line names an IP address (uvicorn's access log would) unless opted in.
@@ -157,6 +203,11 @@ class Settings(BaseSettings):
         return found
 
     @property
+    def ledger_ttl(self) -> int:
+        """LEDGER_TTL_S, or DEDUPE_TTL_S when unset."""
+        return self.ledger_ttl_s or self.dedupe_ttl_s
+
+    @property
     def enabled_sinks(self) -> list[str]:
         """The names of the destinations this configuration delivers to, in delivery order."""
         return [destination.name for destination in self.destinations]
@@ -173,13 +224,6 @@ class Settings(BaseSettings):
         self.check_sinks()
         if self.funnelfox.secret is None or not self.funnelfox.secret.get_secret_value():
             raise ConfigError("FUNNELFOX_SECRET is required to fetch sessions")
-        if self.retry.backoff_max_s >= self.visibility_timeout_s:
-            # A Redis broker redelivers any message still unacknowledged after the visibility
-            # timeout, including one a worker holds for a later retry: duplicates (celery#2599).
-            raise ConfigError(
-                f"RETRY_BACKOFF_MAX_S ({self.retry.backoff_max_s:g}) must be below "
-                f"VISIBILITY_TIMEOUT_S ({self.visibility_timeout_s})"
-            )
 
 
 REDIS_SCHEMES = ("redis", "rediss", "unix")

@@ -44,3 +44,21 @@ def test_the_cap_bounds_retry_after_too() -> None:
 
 def test_attempts_are_counted_in_all() -> None:
     assert [POLICY.can_retry(n) for n in (1, 7, 8, 9)] == [True, True, False, False]
+
+
+def test_a_schedule_waits_each_delay_in_turn_within_ten_percent() -> None:
+    policy = RetryPolicy.from_schedule((5.0, 300.0, 1800.0))
+    rng = random.Random(7)
+    for attempts, planned in ((1, 5.0), (2, 300.0), (3, 1800.0)):
+        delays = [policy.delay_s(attempts, rng=rng) for _ in range(200)]
+        assert min(delays) >= planned * 0.9
+        assert max(delays) <= planned * 1.1
+        assert max(delays) - min(delays) > planned * 0.1  # jittered, not fixed
+    assert policy.can_retry(3)
+    assert not policy.can_retry(4)  # len(schedule) + 1 attempts in all
+
+
+def test_retry_after_is_a_floor_on_a_schedule_too() -> None:
+    policy = RetryPolicy.from_schedule((5.0, 300.0))
+    assert policy.delay_s(1, retry_after_s=120) == 120
+    assert policy.delay_s(1, retry_after_s=10**6) == pytest.approx(330)  # longest + 10 %

@@ -126,12 +126,39 @@ def test_worker_needs_the_funnelfox_secret(monkeypatch: pytest.MonkeyPatch) -> N
         check_worker_limits(load_settings())
 
 
-def test_worker_refuses_retries_longer_than_visibility(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_retry_delays_above_the_visibility_timeout_are_allowed(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Retries wait in the ledger, not in the broker: no delay can be redelivered early."""
     monkeypatch.setenv("OUTPUT_STREAM", "enriched")
     monkeypatch.setenv("FUNNELFOX_SECRET", "secret_x")
     monkeypatch.setenv("VISIBILITY_TIMEOUT_S", "200")
-    with pytest.raises(ConfigError, match="RETRY_BACKOFF_MAX_S"):
-        check_worker_limits(load_settings())
+    monkeypatch.setenv("RETRY_SCHEDULE_S", "5,300,36000")
+    check_worker_limits(load_settings())
+
+
+def test_the_retry_schedule_and_its_precedence(monkeypatch: pytest.MonkeyPatch) -> None:
+    from worker.runtime import retry_policy
+
+    monkeypatch.setenv("OUTPUT_STREAM", "enriched")
+    default = retry_policy(load_settings())
+    assert default.schedule == (5, 300, 1800, 7200, 18000, 36000, 36000)
+    assert default.max_attempts == 8
+    monkeypatch.setenv("RETRY_SCHEDULE_S", "1, 2,3")
+    assert retry_policy(load_settings()).schedule == (1, 2, 3)
+    monkeypatch.setenv("RETRY_MAX_ATTEMPTS", "4")  # any RETRY_BACKOFF_* / MAX_ATTEMPTS wins
+    exponential = retry_policy(load_settings())
+    assert (exponential.schedule, exponential.max_attempts, exponential.base_s) == ((), 4, 1.0)
+
+
+@pytest.mark.parametrize("value", ["", "5,,300", "5,-1", "0", "five"])
+def test_a_bad_retry_schedule_names_its_variable(
+    monkeypatch: pytest.MonkeyPatch, value: str
+) -> None:
+    monkeypatch.setenv("OUTPUT_STREAM", "enriched")
+    monkeypatch.setenv("RETRY_SCHEDULE_S", value)
+    with pytest.raises(ConfigError, match="RETRY_SCHEDULE_S"):
+        load_settings()
 
 
 def test_worker_refuses_task_limits_longer_than_visibility(

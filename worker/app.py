@@ -11,6 +11,7 @@ from celery import Celery, signals
 from config import ConfigError, Settings, load_settings
 from worker import kombu_restore_guard
 from worker.celeryconfig import celery_config, check_worker_limits
+from worker.housekeeping import HousekeepingStep
 
 log = logging.getLogger("worker.app")
 
@@ -27,6 +28,8 @@ settings = _load()
 kombu_restore_guard.install()
 app = Celery("funnelfox-enricher", include=["worker.tasks"])
 app.conf.update(celery_config(settings))
+# Due retries and the reconciler, on the consumer's timer in every worker's main process.
+app.steps["consumer"].add(HousekeepingStep)
 
 
 @signals.celeryd_init.connect
@@ -46,8 +49,8 @@ def _check_before_start(**_: Any) -> None:
 def _register_destinations(**_: Any) -> None:
     # So the console (backfill, dlq replay) and /metrics know the fleet's destinations
     # without this worker's settings.
+    from worker.fleet import register_sinks
     from worker.redis_clients import sync_client
-    from worker.sinks.registry import register_sinks
 
     client = sync_client(settings.redis_url)
     try:

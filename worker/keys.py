@@ -14,6 +14,13 @@ Keys (the worker's own state, all under ``ffe:``):
     ffe:event:<event id>         an ingress event marker (pending, then enqueued)
     ffe:backfill:<digest>        where one backfill stands
     ffe:sinks                    the fleet's destinations: name → queue (workers register)
+    ffe:ledger:<id>              one accepted session: its state and attempts (worker.ledger)
+    ffe:ledger:open              unfinished sessions by acceptance time (sorted set)
+    ffe:ledger:idle              unfinished sessions by when progress is next expected
+    ffe:ledger:counts            sessions per state (unfinished), finished totals
+    ffe:due                      scheduled retries: ``<stage>|<id>`` by due time (sorted set)
+    ffe:due:work                 what each scheduled retry carries (its task item, JSON)
+    ffe:reconcile:lock           held by the one worker reconciling at a time
 
 kombu's own (read, never written, by this product):
     unacked                      messages taken by a worker and not yet acknowledged
@@ -64,3 +71,23 @@ def backfill_key(digest: str) -> str:
 # Destinations the fleet's workers deliver to: name → queue, written by each worker at start,
 # so the console and the metrics reader know them without the workers' settings.
 SINKS = f"{PREFIX}sinks"
+
+LEDGER_OPEN = f"{PREFIX}ledger:open"
+LEDGER_IDLE = f"{PREFIX}ledger:idle"
+LEDGER_COUNTS = f"{PREFIX}ledger:counts"
+DUE = f"{PREFIX}due"
+DUE_WORK = f"{PREFIX}due:work"
+RECONCILE_LOCK = f"{PREFIX}reconcile:lock"
+# A header on every message this product publishes: when it entered its queue (Unix seconds),
+# so the reconciler can tell a session still waiting in a queue from one whose message is gone.
+QUEUED_AT_HEADER = "ffe_queued_at"
+
+
+def ledger_key(session_id: str) -> str:
+    """The ledger entry of one session."""
+    return f"{PREFIX}ledger:{session_id}"
+
+
+def due_member(stage: str, session_id: str) -> str:
+    """A scheduled retry: which stage, which session."""
+    return f"{stage}|{session_id}"

@@ -9,6 +9,7 @@ covers a fleet.
 from __future__ import annotations
 
 import bisect
+import time
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Iterator
 from typing import Any
@@ -24,11 +25,38 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector
 
-from worker.keys import DEAD_LETTERS, FETCH_QUEUE, KOMBU_UNACKED, METRICS, delivery_queue
-from worker.sinks.registry import registered_sinks
+from worker.fleet import registered_sinks
+from worker.keys import (
+    DEAD_LETTERS,
+    FETCH_QUEUE,
+    KOMBU_UNACKED,
+    LEDGER_COUNTS,
+    LEDGER_OPEN,
+    METRICS,
+    delivery_queue,
+)
+from worker.ledger import FINISHED, UNFINISHED
 
 KEY = METRICS
 BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+# From acceptance to delivery: milliseconds on the live path, days through retries.
+LATENCY_BUCKETS = (
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+    30.0,
+    60.0,
+    300.0,
+    1800.0,
+    7200.0,
+    36000.0,
+    108000.0,
+)
 
 COUNTERS = {
     "sessions_fetched": ("Sessions fetched from FunnelFox and validated", ()),
@@ -39,10 +67,28 @@ COUNTERS = {
         "Attempts scheduled again, per stage and the failure's reason",
         ("stage", "reason"),
     ),
+    "sessions_reconciled": (
+        "Sessions published again by the reconciler: their messages were lost",
+        (),
+    ),
 }
 HISTOGRAMS = {
-    "fetch_duration_seconds": ("Time of one GET /sessions/{id}", ()),
-    "delivery_duration_seconds": ("Time of one delivery attempt, per sink", ("sink",)),
+    "fetch_duration_seconds": ("Time of one GET /sessions/{id}", (), BUCKETS),
+    "delivery_duration_seconds": (
+        "Time of one delivery attempt, per sink",
+        ("sink",),
+        BUCKETS,
+    ),
+    "delivery_latency_seconds": (
+        "From a session's acceptance to its delivery, per sink",
+        ("sink",),
+        LATENCY_BUCKETS,
+    ),
+    "event_delivery_latency_seconds": (
+        "From the FunnelFox event's created_at to the delivery, per sink (whole seconds)",
+        ("sink",),
+        LATENCY_BUCKETS,
+    ),
 }
 
 
@@ -74,8 +120,9 @@ class MetricsBatch:
     def observe(self, name: str, seconds: float, **labels: str) -> None:
         """Record one histogram observation."""
         base = sorted(labels.items())
-        index = bisect.bisect_left(BUCKETS, seconds)
-        bound = str(BUCKETS[index]) if index < len(BUCKETS) else "+Inf"
+        buckets = HISTOGRAMS[name][2]
+        index = bisect.bisect_left(buckets, seconds)
+        bound = str(buckets[index]) if index < len(buckets) else "+Inf"
         self._counts[_field(name + "_bucket", [*base, ("le", bound)])] += 1
         self._counts[_field(name + "_count", base)] += 1
         self._sums[_field(name + "_sum", base)] += seconds
@@ -90,6 +137,19 @@ class MetricsBatch:
             for field, total in self._sums.items():
                 pipe.hincrbyfloat(KEY, field, total)
             await pipe.execute()
+        self._counts.clear()
+        self._sums.clear()
+
+    def flush_sync(self, client: redis.Redis) -> None:
+        """The same from a blocking client (the worker's main process)."""
+        if not self._counts and not self._sums:
+            return
+        with client.pipeline(transaction=False) as pipe:
+            for field, count in self._counts.items():
+                pipe.hincrby(KEY, field, count)
+            for field, total in self._sums.items():
+                pipe.hincrbyfloat(KEY, field, total)
+            pipe.execute()
         self._counts.clear()
         self._sums.clear()
 
@@ -122,6 +182,30 @@ class FleetCollector(Collector):
             "Records in the dead-letter store",
             value=self._client.hlen(DEAD_LETTERS),
         )
+        yield from self._ledger()
+
+    def _ledger(self) -> Iterator[Metric]:
+        counts = {_text(k): int(v) for k, v in self._client.hgetall(LEDGER_COUNTS).items()}
+        unfinished = GaugeMetricFamily(
+            "funnelfox_sessions", "Unfinished sessions in the ledger, per state", labels=["state"]
+        )
+        for state in UNFINISHED:
+            unfinished.add_metric([state], max(0, counts.get(state, 0)))
+        yield unfinished
+        finished = CounterMetricFamily(
+            "funnelfox_sessions_finished",
+            "Sessions that reached a final state in the ledger",
+            labels=["state"],
+        )
+        for state in FINISHED:
+            finished.add_metric([state], counts.get(f"finished:{state}", 0))
+        yield finished
+        oldest = self._client.zrange(LEDGER_OPEN, 0, 0, withscores=True)
+        yield GaugeMetricFamily(
+            "funnelfox_oldest_unfinished_session_age_seconds",
+            "Age of the oldest session accepted and neither delivered nor dead-lettered",
+            value=max(0.0, time.time() - float(oldest[0][1])) if oldest else 0.0,
+        )
 
     @staticmethod
     def _counters(values: dict[tuple[str, Labels], float]) -> Iterator[Metric]:
@@ -135,7 +219,7 @@ class FleetCollector(Collector):
 
     @staticmethod
     def _histograms(values: dict[tuple[str, Labels], float]) -> Iterator[Metric]:
-        for name, (doc, label_names) in HISTOGRAMS.items():
+        for name, (doc, label_names, bounds) in HISTOGRAMS.items():
             family = HistogramMetricFamily(f"funnelfox_{name}", doc, labels=list(label_names))
             series: dict[tuple[str, ...], dict[str, float]] = {}
             sums: dict[tuple[str, ...], float] = {}
@@ -148,7 +232,7 @@ class FleetCollector(Collector):
                     sums[key] = value
             for key, buckets in series.items():
                 cumulative, running = [], 0.0
-                for bound in (*map(str, BUCKETS), "+Inf"):
+                for bound in (*map(str, bounds), "+Inf"):
                     running += buckets.get(bound, 0.0)
                     cumulative.append((bound, running))
                 family.add_metric(list(key), cumulative, sums.get(key, 0.0))
@@ -165,3 +249,7 @@ def render(client: redis.Redis) -> bytes:
     registry = CollectorRegistry(auto_describe=False)
     registry.register(FleetCollector(client))
     return generate_latest(registry)
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value

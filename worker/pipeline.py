@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -25,6 +26,8 @@ from worker.errors import (
     UpstreamAuthFailed,
 )
 from worker.fetch import FunnelFoxClient
+from worker.ledger import Event, Ledger, Recorded
+from worker.messages import Refusal
 from worker.metrics import MetricsBatch
 from worker.payload import build_payload
 from worker.ratelimit import FleetRateLimit
@@ -39,10 +42,18 @@ log = logging.getLogger("worker.pipeline")
 
 @dataclass
 class StageResult:
-    """What the task layer must do after a stage ran over a batch."""
+    """What the task layer must do after a stage ran over a batch.
+
+    With a ledger, ``retries`` are already scheduled in Redis when the stage returns (the task
+    layer publishes only the deliveries); without one, the task layer queues them.
+    """
 
     deliveries: dict[str, list[Work]] = field(default_factory=dict)
     retries: list[tuple[Work, float]] = field(default_factory=list)
+    # What the ledger records about each session, in order.
+    events: list[Event] = field(default_factory=list)
+    # True once the ledger holds the retries (they wait in Redis, not in the broker).
+    retries_scheduled: bool = False
     dead: list[DeadLetter] = field(default_factory=list)
     done: list[str] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
@@ -60,6 +71,7 @@ class Pipeline:
     dead_letters: DeadLetters
     policy: RetryPolicy
     metrics_redis: aioredis.Redis | None = None
+    ledger: Ledger | None = None
     rate_limit: FleetRateLimit | None = None
     claim_wait_s: float = 5.0
     scrub: Callable[[str], str] = str
@@ -76,20 +88,23 @@ class Pipeline:
                 todo.append((work, sinks))
             else:
                 result.skipped.append(work.session_id)
+                every = dict.fromkeys(self.sinks, "d")
+                result.events.append(Event(work, "fetch", "skipped", "f", "d", destinations=every))
                 log.info("already delivered to every sink", extra={"session_id": work.session_id})
         metrics.inc("sessions_skipped", len(result.skipped), stage="fetch")
         delays = await self._pace(todo, result)
-        bodies = await asyncio.gather(
+        timed = await asyncio.gather(
             *(
                 self._fetch_one(work, delay, metrics)
                 for (work, _), delay in zip(todo, delays, strict=True)
             ),
             return_exceptions=True,
         )
-        for (work, sinks), body in zip(todo, bodies, strict=True):
-            if isinstance(body, BaseException):
-                self._failed(result, metrics, work, "fetch", body)
+        for (work, sinks), outcome in zip(todo, timed, strict=True):
+            if isinstance(outcome, BaseException):
+                self._failed(result, metrics, work, "fetch", outcome)
                 continue
+            body, duration_s = outcome
             try:
                 raw, session = parse_session(body, work.session_id)
             except Exception as exc:  # InvalidPayload, or a bug: this session's failure alone
@@ -104,6 +119,10 @@ class Pipeline:
                 fresh = Work(work.session_id, 0, work.first_seen_at, work.trigger, payload)
                 result.deliveries.setdefault(sink, []).append(fresh)
             result.done.append(work.session_id)
+            states = {name: "q" if name in sinks else "d" for name in self.sinks}
+            result.events.append(
+                Event(work, "fetch", "ok", "f", "d", duration_s=duration_s, destinations=states)
+            )
         metrics.inc("sessions_fetched", len(result.done))
         await self._record(result, metrics)
         return result
@@ -121,9 +140,11 @@ class Pipeline:
             return result
         states = await self.state.claim(sink_name, [w.session_id for w in batch])
         claimed = [w for w, s in zip(batch, states, strict=True) if s == "claimed"]
+        field_name = f"d:{sink_name}"
         for work, state in zip(batch, states, strict=True):
             if state == "delivered":
                 result.skipped.append(work.session_id)
+                result.events.append(Event(work, stage, "skipped", field_name, "d"))
             elif state == "busy":
                 # Another worker is delivering it right now; look again once its lease ends.
                 result.retries.append((work, self.claim_wait_s))
@@ -134,6 +155,9 @@ class Pipeline:
             metrics.observe("delivery_duration_seconds", outcome.duration_s, sink=sink_name)
             if outcome.error is None:
                 result.done.append(work.session_id)
+                result.events.append(
+                    Event(work, stage, "ok", field_name, "d", duration_s=outcome.duration_s)
+                )
                 log.info(
                     "delivered",
                     extra={
@@ -146,9 +170,20 @@ class Pipeline:
                 )
             else:
                 released.append(work.session_id)
-                self._failed(result, metrics, work, stage, outcome.error)
+                self._failed(result, metrics, work, stage, outcome.error, outcome.duration_s)
         metrics.inc("sessions_delivered", len(result.done), sink=sink_name)
         await self.state.settle(sink_name, result.done, released)
+        await self._record(result, metrics)
+        return result
+
+    async def refuse(self, refusals: Sequence[Refusal], stage: str) -> StageResult:
+        """Dead-letter what a message carried that cannot be worked on (never retried)."""
+        result, metrics = StageResult(), MetricsBatch()
+        for refusal in refusals:
+            work = Work(refusal.session_id, 1, trigger=refusal.trigger)
+            self._dead(result, metrics, work, stage, refusal.reason, StageError(refusal.error))
+        # Only real session ids have a ledger entry; a message with none has its dead letter.
+        result.events = [e for e in result.events if not e.work.session_id.startswith("(")]
         await self._record(result, metrics)
         return result
 
@@ -161,22 +196,34 @@ class Pipeline:
         if self.rate_limit is None or not todo:
             return [0.0] * len(todo)
         reservation = await self.rate_limit.reserve(len(todo))
+        later = reservation.delay_s(reservation.granted)
         for work, _ in todo[reservation.granted :]:
-            result.retries.append((work, reservation.delay_s(reservation.granted)))
+            result.retries.append((work, later))
+            # Not an attempt: it waits its turn, still queued.
+            result.events.append(
+                Event(work, "fetch", "deferred", "f", "q", next_at=time.time() + later)
+            )
         del todo[reservation.granted :]
         return [reservation.delay_s(i) for i in range(len(todo))]
 
-    async def _fetch_one(self, work: Work, delay_s: float, metrics: MetricsBatch) -> bytes:
+    async def _fetch_one(
+        self, work: Work, delay_s: float, metrics: MetricsBatch
+    ) -> tuple[bytes, float]:
         if delay_s > 0:
             await asyncio.sleep(delay_s)
         started = time.perf_counter()
         try:
-            return await self.funnelfox.get_session(work.session_id)
+            return await self.funnelfox.get_session(work.session_id), time.perf_counter() - started
         finally:
             metrics.observe("fetch_duration_seconds", time.perf_counter() - started)
 
     async def _record(self, result: StageResult, metrics: MetricsBatch) -> None:
+        """Dead letters first, then the ledger (and the retries it schedules), then metrics."""
         await self.dead_letters.add(result.dead, result.dead_payloads)
+        if self.ledger is not None:
+            recorded = await self.ledger.record(result.events, result.retries)
+            result.retries_scheduled = True
+            observe_latencies(result.events, recorded, metrics, time.time())
         if self.metrics_redis is not None:
             await metrics.flush(self.metrics_redis)
 
@@ -187,6 +234,7 @@ class Pipeline:
         work: Work,
         stage: str,
         error: BaseException,
+        duration_s: float | None = None,
     ) -> None:
         """Schedule another attempt, or dead-letter: the one place that decides."""
         if not isinstance(error, EnricherError):
@@ -207,6 +255,17 @@ class Pipeline:
         if isinstance(error, Retryable) and self.policy.can_retry(attempt.attempts):
             delay = self.policy.delay_s(attempt.attempts, error.retry_after_s)
             result.retries.append((attempt, delay))
+            result.events.append(
+                Event(
+                    attempt,
+                    stage,
+                    "retry",
+                    *_ledger_field(stage, "r"),
+                    detail=describe_failure(error),
+                    duration_s=duration_s,
+                    next_at=time.time() + delay,
+                )
+            )
             metrics.inc("retries", stage=stage, reason=error.reason)
             log.info(
                 "will retry",
@@ -221,7 +280,7 @@ class Pipeline:
             )
             return
         reason = error.exhausted_reason if isinstance(error, Retryable) else error.reason
-        self._dead(result, metrics, attempt, stage, reason, error)
+        self._dead(result, metrics, attempt, stage, reason, error, duration_s)
 
     def _dead(
         self,
@@ -231,7 +290,18 @@ class Pipeline:
         stage: str,
         reason: str,
         error: BaseException,
+        duration_s: float | None = None,
     ) -> None:
+        result.events.append(
+            Event(
+                work,
+                stage,
+                f"dead:{reason}",
+                *_ledger_field(stage, "x"),
+                detail=describe_failure(error),
+                duration_s=duration_s,
+            )
+        )
         letter = DeadLetter(
             session_id=work.session_id,
             stage=stage,
@@ -255,3 +325,33 @@ class Pipeline:
                 "error": letter.error,
             },
         )
+
+
+_STATUS = re.compile(r"answered (\d{3})")
+
+
+def describe_failure(error: BaseException) -> str:
+    """What the ledger's attempt log says about a failure: a status code, else its kind."""
+    found = _STATUS.search(str(error))
+    return found.group(1) if found else type(error).__name__
+
+
+def _ledger_field(stage: str, value: str) -> tuple[str, str]:
+    """The ledger field a stage's outcome sets: the fetch's, or one destination's."""
+    if stage.startswith("deliver:"):
+        return f"d:{stage.removeprefix('deliver:')}", value
+    return "f", value  # fetch, validate and enrich all decide the fetch's fate
+
+
+def observe_latencies(
+    events: Sequence[Event], recorded: Sequence[Recorded], metrics: MetricsBatch, now: float
+) -> None:
+    """Accepted → delivered per destination, and from the FunnelFox event when known."""
+    for event, outcome in zip(events, recorded, strict=True):
+        if event.outcome != "ok" or not event.stage.startswith("deliver:"):
+            continue
+        sink = event.stage.removeprefix("deliver:")
+        metrics.observe("delivery_latency_seconds", now - outcome.accepted_at, sink=sink)
+        created_at = (event.work.trigger or {}).get("created_at")
+        if isinstance(created_at, int | float):
+            metrics.observe("event_delivery_latency_seconds", now - created_at, sink=sink)

@@ -8,6 +8,7 @@ has one shape whoever sends it.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any, Protocol
@@ -15,7 +16,9 @@ from typing import Any, Protocol
 from celery import Celery
 from kombu.entity import Exchange, Queue
 
-from worker.keys import FETCH_QUEUE, delivery_queue
+from worker.keys import FETCH_QUEUE, QUEUED_AT_HEADER, delivery_queue
+from worker.ledger import Acceptance, LedgerWriter
+from worker.redis_clients import sync_client
 from worker.work import Work
 
 QUEUE = FETCH_QUEUE
@@ -85,10 +88,16 @@ _RETRY_POLICY = {"max_retries": 1, "interval_start": 0, "interval_step": 0, "int
 
 
 class Producer:
-    """Sends ``enrich_session``, ``enrich_batch`` and ``deliver`` messages by name."""
+    """Sends ``enrich_session``, ``enrich_batch`` and ``deliver`` messages by name.
 
-    def __init__(self, app: Celery) -> None:
+    An entry point's producer (``connect``) records each session it accepts in the ledger
+    before publishing it: a crash between the two leaves a session the ledger knows and the
+    reconciler publishes, never one nobody knows.
+    """
+
+    def __init__(self, app: Celery, ledger: LedgerWriter | None = None) -> None:
         self.app = app
+        self.ledger = ledger
         self._producer: Any = None
 
     @classmethod
@@ -96,7 +105,8 @@ class Producer:
         """A producer of its own, for a process that is not a worker."""
         app = Celery("funnelfox-enricher-producer", set_as_current=False)
         app.conf.update(producer_config(broker_url, timeout_s))
-        return cls(app)
+        client = sync_client(broker_url, timeout_s=timeout_s, connect_timeout_s=timeout_s)
+        return cls(app, LedgerWriter(client))
 
     @contextmanager
     def session(self) -> Iterator[Producer]:
@@ -110,6 +120,7 @@ class Producer:
 
     def publish(self, session_id: str, trigger: dict[str, Any]) -> None:
         """One ``enrich_session`` (the ingress); raises if it did not reach the broker."""
+        self._accept([Acceptance(session_id, trigger)], "ingress")
         self._send(
             TASK_NAME,
             (session_id,),
@@ -120,8 +131,16 @@ class Producer:
             retry_policy=_RETRY_POLICY,
         )
 
-    def send_fetches(self, works: Sequence[Work], countdown: float | None = None) -> None:
-        """One fetch message for these sessions."""
+    def send_fetches(
+        self,
+        works: Sequence[Work],
+        countdown: float | None = None,
+        *,
+        accept: str | None = None,
+    ) -> None:
+        """One fetch message for these sessions; ``accept`` names the entry point accepting them."""
+        if accept is not None:
+            self._accept([Acceptance(w.session_id, w.trigger) for w in works], accept)
         self._send(
             BATCH_TASK_NAME,
             ([w.to_message() for w in works],),
@@ -131,9 +150,16 @@ class Producer:
         )
 
     def send_deliveries(
-        self, sink: str, works: Sequence[Work], countdown: float | None = None
+        self,
+        sink: str,
+        works: Sequence[Work],
+        countdown: float | None = None,
+        *,
+        accept: str | None = None,
     ) -> None:
         """One delivery message for these payloads, on the sink's own queue."""
+        if accept is not None:
+            self._accept([Acceptance(w.session_id, w.trigger, sink) for w in works], accept)
         self._send(
             DELIVER_TASK_NAME,
             (sink, [w.to_message() for w in works]),
@@ -151,8 +177,15 @@ class Producer:
     ) -> None:
         if self._producer is not None:
             options["producer"] = self._producer
-        self.app.send_task(name, args=args, kwargs=kwargs, **options)
+        headers = {QUEUED_AT_HEADER: time.time()}
+        self.app.send_task(name, args=args, kwargs=kwargs, headers=headers, **options)
+
+    def _accept(self, items: list[Acceptance], source: str) -> None:
+        if self.ledger is not None:
+            self.ledger.accept(items, source)
 
     def close(self) -> None:
-        """Close the pooled broker connections."""
+        """Close the pooled broker connections (and the ledger's)."""
         self.app.close()
+        if self.ledger is not None:
+            self.ledger.close()

@@ -17,6 +17,7 @@ from config import Settings
 from worker.deadletters import DeadLetters
 from worker.fetch import FunnelFoxClient
 from worker.http import HttpSession, make_session
+from worker.ledger import Ledger
 from worker.pipeline import Pipeline
 from worker.ratelimit import FleetRateLimit
 from worker.redact import make_scrubber, url_secrets
@@ -67,18 +68,17 @@ class Runtime:
                 claim_ttl_s=claim_ttl_s(settings),
             ),
             dead_letters=DeadLetters(self.redis),
-            policy=RetryPolicy(
-                base_s=settings.retry.backoff_base_s,
-                max_s=settings.retry.backoff_max_s,
-                max_attempts=settings.retry.max_attempts,
-            ),
+            policy=retry_policy(settings),
             metrics_redis=self.redis,
+            ledger=Ledger(self.redis, ttl_s=settings.ledger_ttl)
+            if settings.ledger_enabled
+            else None,
             rate_limit=(
                 FleetRateLimit(self.redis, rate_per_s=settings.funnelfox.rate_limit_per_s)
                 if settings.funnelfox.rate_limit_per_s
                 else None
             ),
-            claim_wait_s=min(claim_ttl_s(settings), settings.retry.backoff_max_s),
+            claim_wait_s=claim_ttl_s(settings),
             scrub=scrubber(settings),
         )
 
@@ -116,6 +116,16 @@ class Runtime:
 def claim_ttl_s(settings: Settings) -> float:
     """How long a delivery claim lives: past the longest a delivery can take, with margin."""
     return 2 * settings.webhook.timeout_s + 5
+
+
+def retry_policy(settings: Settings) -> RetryPolicy:
+    """RETRY_SCHEDULE_S, unless a RETRY_BACKOFF_* or RETRY_MAX_ATTEMPTS variable is set."""
+    retry = settings.retry
+    if retry.exponential:
+        return RetryPolicy(
+            base_s=retry.backoff_base_s, max_s=retry.backoff_max_s, max_attempts=retry.max_attempts
+        )
+    return RetryPolicy.from_schedule(retry.schedule)
 
 
 def scrubber(settings: Settings) -> Callable[[str], str]:

@@ -15,9 +15,9 @@ from typing import TypeVar
 import redis.asyncio as aioredis
 
 from worker.deadletters import DeadLetter, DeadLetters
+from worker.fleet import registered_sinks_async
 from worker.producer import Producer
 from worker.redis_clients import async_client
-from worker.sinks.registry import registered_sinks_async
 from worker.state import DeliveryState
 from worker.work import Work
 
@@ -88,10 +88,10 @@ def replay(
         plan = await plan_replay(redis, session_ids)
         with producer.session():
             for chunk in chunked(plan.fetches, batch_size):
-                producer.send_fetches(chunk)
+                producer.send_fetches(chunk, accept="replay")
             for sink, works in plan.deliveries.items():
                 for chunk in chunked(works, batch_size):
-                    producer.send_deliveries(sink, chunk)
+                    producer.send_deliveries(sink, chunk, accept="replay")
         store = DeadLetters(redis)
         for letters in chunked(plan.letters, REMOVE_CHUNK):
             await store.remove_unchanged(letters)

@@ -57,13 +57,17 @@ def enqueue(
     producer: Producer,
     *,
     batch_size: int,
+    source: str = "cli",
     err: TextIO = sys.stderr,
 ) -> EnqueueReport:
-    """Enqueue (where, id) entries as ``enrich_batch`` messages over one broker connection."""
+    """Enqueue (where, id) entries as ``enrich_batch`` messages over one broker connection.
+
+    Each batch is recorded in the ledger as accepted from ``source`` before it is published.
+    """
     report = EnqueueReport()
     with producer.session():
         for batch in batches(entries, batch_size, report, err):
-            producer.send_fetches(batch)
+            producer.send_fetches(batch, accept=source)
             report.enqueued += len(batch)
     return report
 
@@ -73,9 +77,10 @@ def enqueue_ids(
     producer: Producer,
     *,
     batch_size: int,
-    source: str = "id",
+    label: str = "id",
+    source: str = "cli",
     err: TextIO = sys.stderr,
 ) -> EnqueueReport:
     """Enqueue plain ids (no ``-`` convention): what other producers in this project use."""
-    entries = ((f"{source} {n}", value) for n, value in enumerate(ids, start=1))
-    return enqueue(entries, producer, batch_size=batch_size, err=err)
+    entries = ((f"{label} {n}", value) for n, value in enumerate(ids, start=1))
+    return enqueue(entries, producer, batch_size=batch_size, source=source, err=err)

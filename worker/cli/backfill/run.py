@@ -238,10 +238,10 @@ def _run(
 
     from worker.cli.backfill.pages import BackfillError, SessionPages, make_sync_client
     from worker.cli.enqueue import enqueue_ids
+    from worker.fleet import registered_sinks
     from worker.producer import Producer
     from worker.redis_clients import async_client, sync_client
     from worker.retry import RetryPolicy
-    from worker.sinks.registry import registered_sinks
     from worker.state import DeliveryState
 
     assert settings.funnelfox.secret is not None
@@ -261,7 +261,12 @@ def _run(
 
     def send(ids: list[str]) -> None:
         enqueue_ids(
-            ids, producer, batch_size=settings.worker_batch_size, source="listed id", err=err
+            ids,
+            producer,
+            batch_size=settings.worker_batch_size,
+            label="listed id",
+            source="backfill",
+            err=err,
         )
 
     with (

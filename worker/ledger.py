@@ -1,0 +1,314 @@
+"""The session ledger: every session the product accepted, and where it is now.
+
+One Redis hash per session (``ffe:ledger:<id>``, see ``worker.keys``), written by every entry
+point when it accepts a session and by the worker after each stage, atomically per session
+(a Lua script keeps its overall state and the per-state counts in step):
+
+    a    accepted at (Unix seconds)         s    source (cli, ingress, backfill, replay, foreign)
+    st   queued | in_progress | retrying | delivered | dead
+    f    the fetch: q(ueued) r(etrying) d(one) x (dead)
+    d:<destination>  the same four for each destination, once the session is fetched
+    n    next attempt at, while retrying     u    last progress
+    t    the trigger (JSON), until finished  e    the FunnelFox event id, when there was one
+    log  attempts: ``stage,at,outcome[,detail][,duration]`` joined by ``;`` (bounded)
+
+Unfinished sessions are also in two sorted sets: ``open`` by acceptance time (the oldest
+unfinished session's age) and ``idle`` by the time progress is next expected (the reconciler's
+view). A finished entry leaves both and expires after LEDGER_TTL_S.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+import redis
+import redis.asyncio as aioredis
+
+from worker.keys import (
+    DUE,
+    DUE_WORK,
+    LEDGER_COUNTS,
+    LEDGER_IDLE,
+    LEDGER_OPEN,
+    due_member,
+    ledger_key,
+)
+from worker.work import Work
+
+UNFINISHED = ("queued", "in_progress", "retrying")
+FINISHED = ("delivered", "dead")
+STATES = (*UNFINISHED, *FINISHED)
+LOG_MAX_CHARS = 1500
+
+# Record acceptance: a new session, or a finished one accepted again (reopened). An unfinished
+# session is left as it is, only touched. ARGV: 1 id, 2 now, 3 source, 4 trigger JSON or '',
+# 5 event id or '', 6 a destination when one delivery is replayed, else ''.
+# Returns its state before ('' when new).
+_ACCEPT = """
+local h = KEYS[1]
+local old = redis.call('hget', h, 'st')
+if old == 'queued' or old == 'in_progress' or old == 'retrying' then
+    redis.call('hset', h, 'u', ARGV[2])
+    redis.call('zadd', KEYS[3], ARGV[2], ARGV[1])
+    return old
+end
+if old then
+    for _, name in ipairs(redis.call('hkeys', h)) do
+        if string.sub(name, 1, 2) == 'd:' or name == 'n' then redis.call('hdel', h, name) end
+    end
+    redis.call('persist', h)
+end
+local st = 'queued'
+if ARGV[6] == '' then
+    redis.call('hset', h, 'f', 'q')
+else
+    -- a delivery replayed: fetched already, one destination to go
+    st = 'in_progress'
+    redis.call('hset', h, 'f', 'd', 'd:' .. ARGV[6], 'q')
+end
+redis.call('hset', h, 'a', ARGV[2], 's', ARGV[3], 'st', st, 'u', ARGV[2])
+if ARGV[4] ~= '' then redis.call('hset', h, 't', ARGV[4]) end
+if ARGV[5] ~= '' then redis.call('hset', h, 'e', ARGV[5]) end
+local log = redis.call('hget', h, 'log')
+local entry = 'accepted,' .. ARGV[2] .. ',' .. ARGV[3]
+if log then entry = log .. ';' .. entry end
+redis.call('hset', h, 'log', entry)
+redis.call('hincrby', KEYS[4], st, 1)
+redis.call('zadd', KEYS[2], ARGV[2], ARGV[1])
+redis.call('zadd', KEYS[3], ARGV[2], ARGV[1])
+return old or ''
+"""
+
+# Record one stage's outcome for one session and derive its overall state. ARGV:
+#   1 id, 2 now, 3 field (f | d:<name>) or '', 4 its value, 5 log entry or '',
+#   6 progress expected by (idle score) or '', 7 next attempt at or '',
+#   8 destinations "name=q,name=d" or '', 9 ttl of a finished entry,
+#   10 source if the session was never accepted, 11 its trigger JSON or '',
+#   12 the log's bound in characters (oldest entries dropped first)
+# Returns {state before, state after, accepted at}.
+_UPDATE = """
+local h = KEYS[1]
+local old = redis.call('hget', h, 'st')
+local function append(entry)
+    if entry == '' then return end
+    local log = redis.call('hget', h, 'log')
+    if log then log = log .. ';' .. entry else log = entry end
+    while string.len(log) > tonumber(ARGV[12]) do
+        local cut = string.find(log, ';', 1, true)
+        if not cut then break end
+        log = string.sub(log, cut + 1)
+    end
+    redis.call('hset', h, 'log', log)
+end
+if old == 'delivered' or old == 'dead' then
+    append(ARGV[5])
+    return {old, old, redis.call('hget', h, 'a')}
+end
+if not old then
+    redis.call('hset', h, 'a', ARGV[2], 's', ARGV[10], 'f', 'q')
+    if ARGV[11] ~= '' then redis.call('hset', h, 't', ARGV[11]) end
+    redis.call('zadd', KEYS[2], ARGV[2], ARGV[1])
+end
+if ARGV[3] ~= '' then redis.call('hset', h, ARGV[3], ARGV[4]) end
+redis.call('hset', h, 'u', ARGV[2])
+if ARGV[8] ~= '' then
+    for name, value in string.gmatch(ARGV[8], '([^=,]+)=([^,]+)') do
+        local key = 'd:' .. name
+        if redis.call('hget', h, key) ~= 'd' then redis.call('hset', h, key, value) end
+    end
+end
+if ARGV[7] ~= '' then redis.call('hset', h, 'n', ARGV[7]) else redis.call('hdel', h, 'n') end
+append(ARGV[5])
+local fetch, retrying, queued, dead, destinations = nil, false, false, false, 0
+local all = redis.call('hgetall', h)
+for i = 1, #all, 2 do
+    local k, v = all[i], all[i + 1]
+    if k == 'f' then
+        fetch = v
+    elseif string.sub(k, 1, 2) == 'd:' then
+        destinations = destinations + 1
+        if v == 'r' then retrying = true elseif v == 'q' then queued = true
+        elseif v == 'x' then dead = true end
+    end
+end
+local st
+if fetch == 'x' then st = 'dead'
+elseif fetch == 'r' or retrying then st = 'retrying'
+elseif fetch == 'q' then st = 'queued'
+elseif queued then st = 'in_progress'
+elseif dead then st = 'dead'
+else st = 'delivered' end
+redis.call('hset', h, 'st', st)
+if old then redis.call('hincrby', KEYS[4], old, -1) end
+if st == 'delivered' or st == 'dead' then
+    redis.call('hincrby', KEYS[4], 'finished:' .. st, 1)
+    redis.call('zrem', KEYS[2], ARGV[1])
+    redis.call('zrem', KEYS[3], ARGV[1])
+    redis.call('hdel', h, 't', 'n', 'u')
+    redis.call('expire', h, ARGV[9])
+else
+    redis.call('hincrby', KEYS[4], st, 1)
+    local idle = ARGV[6]
+    if idle == '' then idle = ARGV[2] end
+    redis.call('zadd', KEYS[3], idle, ARGV[1])
+end
+return {old or '', st, redis.call('hget', h, 'a')}
+"""
+
+
+def _keys(session_id: str) -> list[str]:
+    return [ledger_key(session_id), LEDGER_OPEN, LEDGER_IDLE, LEDGER_COUNTS]
+
+
+def _clean(text: str) -> str:
+    """A log field: no separators, bounded."""
+    return text.replace(",", " ").replace(";", " ")[:60]
+
+
+def log_entry(
+    stage: str, at: float, outcome: str, detail: str = "", duration_s: float | None = None
+) -> str:
+    """One attempt in the ledger's compact form."""
+    parts = [stage, f"{at:.3f}", outcome]
+    if detail or duration_s is not None:
+        parts.append(_clean(detail))
+    if duration_s is not None:
+        parts.append(f"{duration_s:.4f}")
+    return ",".join(parts)
+
+
+@dataclass(frozen=True)
+class Acceptance:
+    """A session an entry point is about to publish."""
+
+    session_id: str
+    trigger: dict[str, Any] | None = None
+    destination: str = ""  # set when only this destination's delivery is replayed
+
+    def args(self, now: float, source: str) -> list[str | float]:
+        trigger = orjson.dumps(self.trigger).decode() if self.trigger else ""
+        event_id = str((self.trigger or {}).get("event_id") or "")
+        return [self.session_id, now, source, trigger, event_id, self.destination]
+
+
+@dataclass
+class Event:
+    """What one stage decided for one session, for the ledger."""
+
+    work: Work
+    stage: str  # fetch, validate, enrich, deliver:<name>
+    outcome: str  # ok, skipped, retry, dead:<reason>, busy
+    key: str = ""  # the entry's field this sets: f, or d:<name>
+    value: str = ""  # q r d x
+    detail: str = ""
+    duration_s: float | None = None
+    next_at: float | None = None
+    destinations: dict[str, str] = field(default_factory=dict)  # name → q | d
+
+
+@dataclass(frozen=True)
+class Recorded:
+    """What the ledger said back: the state before and after, and when it was accepted."""
+
+    before: str
+    after: str
+    accepted_at: float
+
+
+class Ledger:
+    """The worker's (asyncio) side: stage outcomes, written per batch in one round trip."""
+
+    def __init__(self, client: aioredis.Redis, *, ttl_s: int) -> None:
+        self._redis = client
+        self._ttl_s = ttl_s
+        self._update = client.register_script(_UPDATE)
+        self._accept = client.register_script(_ACCEPT)
+
+    async def accept(self, items: Sequence[Acceptance], source: str) -> list[str]:
+        """Record sessions as accepted (the ingress); their states before."""
+        now = time.time()
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for item in items:
+                await self._accept(_keys(item.session_id), item.args(now, source), client=pipe)
+            return [_text(state) for state in await pipe.execute()]
+
+    async def record(
+        self, events: Sequence[Event], retries: Sequence[tuple[Work, float]] = ()
+    ) -> list[Recorded]:
+        """Apply every event and schedule every retry (one round trip); what each became.
+
+        A retry's stage is the one its Event names (the last event for that session).
+        """
+        if not events and not retries:
+            return []
+        now = time.time()
+        stages = {event.work.session_id: event.stage for event in events}
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for event in events:
+                await self._update(
+                    _keys(event.work.session_id), self._args(event, now), client=pipe
+                )
+            for work, delay_s in retries:
+                member = due_member(_retry_stage(stages.get(work.session_id)), work.session_id)
+                pipe.zadd(DUE, {member: now + delay_s})
+                pipe.hset(DUE_WORK, member, orjson.dumps(work.to_message()))
+            replies = (await pipe.execute())[: len(events)]
+        return [
+            Recorded(_text(before), _text(after), float(accepted or now))
+            for before, after, accepted in replies
+        ]
+
+    def _args(self, event: Event, now: float) -> list[str | float | int]:
+        work = event.work
+        entry = log_entry(event.stage, now, event.outcome, event.detail, event.duration_s)
+        destinations = ",".join(f"{name}={state}" for name, state in event.destinations.items())
+        trigger = orjson.dumps(work.trigger).decode() if work.trigger else ""
+        return [
+            work.session_id,
+            now,
+            event.key,
+            event.value,
+            entry,
+            "" if event.next_at is None else event.next_at,
+            "" if event.next_at is None else event.next_at,
+            destinations,
+            self._ttl_s,
+            "foreign",
+            trigger,
+            LOG_MAX_CHARS,
+        ]
+
+
+class LedgerWriter:
+    """The console's (blocking) side: acceptance before publishing."""
+
+    def __init__(self, client: redis.Redis) -> None:
+        self._redis = client
+        self._accept = client.register_script(_ACCEPT)
+
+    def accept(self, items: Sequence[Acceptance], source: str) -> list[str]:
+        """Record sessions as accepted in one round trip; their states before."""
+        now = time.time()
+        with self._redis.pipeline(transaction=False) as pipe:
+            for item in items:
+                self._accept(_keys(item.session_id), item.args(now, source), client=pipe)
+            return [_text(state) for state in pipe.execute()]
+
+    def close(self) -> None:
+        """Close the connection."""
+        self._redis.close()
+
+
+def _retry_stage(stage: str | None) -> str:
+    """The stage a retry runs again: validate and enrich failures fetch again."""
+    if stage is None or not stage.startswith("deliver:"):
+        return "fetch"
+    return stage
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value or "")
