@@ -52,6 +52,7 @@ class Housekeeping:
             after_s=settings.reconcile_after_s,
             batch_size=settings.worker_batch_size,
             lock_ttl_s=2 * reconcile_every_s(settings),
+            ledger_ttl_s=settings.ledger_ttl,
         )
         self._warned_at = 0.0
 

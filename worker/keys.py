@@ -15,6 +15,7 @@ Keys (the worker's own state, all under ``ffe:``):
     ffe:backfill:<digest>        where one backfill stands
     ffe:sinks                    the fleet's destinations: name → queue (workers register)
     ffe:ledger:<id>              one accepted session: its state and attempts (worker.ledger)
+    ffe:ledger:<id>:t            its trigger, while it is unfinished
     ffe:ledger:open              unfinished sessions by acceptance time (sorted set)
     ffe:ledger:idle              unfinished sessions by when progress is next expected
     ffe:ledger:counts            sessions per state (unfinished), finished totals
@@ -86,6 +87,11 @@ QUEUED_AT_HEADER = "ffe_queued_at"
 def ledger_key(session_id: str) -> str:
     """The ledger entry of one session."""
     return f"{PREFIX}ledger:{session_id}"
+
+
+def ledger_trigger_key(session_id: str) -> str:
+    """The trigger of an unfinished session (deleted when it finishes)."""
+    return f"{PREFIX}ledger:{session_id}:t"
 
 
 def due_member(stage: str, session_id: str) -> str:

@@ -9,8 +9,14 @@ point when it accepts a session and by the worker after each stage, atomically p
     f    the fetch: q(ueued) r(etrying) d(one) x (dead)
     d:<destination>  the same four for each destination, once the session is fetched
     n    next attempt at, while retrying     u    last progress
-    t    the trigger (JSON), until finished  e    the FunnelFox event id, when there was one
-    log  attempts: ``stage,at,outcome[,detail][,duration]`` joined by ``;`` (bounded)
+    e    the FunnelFox event id, when there was one
+    l<k> the k-th attempt: ``stage,at,outcome[,detail][,duration]``; ``ln`` counts them and
+         only the last LOG_MAX_ENTRIES are kept
+
+Every value stays under 64 bytes, so Redis keeps the hash in its compact (listpack) encoding:
+a finished session costs a few hundred bytes (README, "The session ledger"). The trigger, which
+a reconciled session needs and is longer, waits in ``ffe:ledger:<id>:t`` until the session
+finishes.
 
 Unfinished sessions are also in two sorted sets: ``open`` by acceptance time (the oldest
 unfinished session's age) and ``idle`` by the time progress is next expected (the reconciler's
@@ -36,17 +42,18 @@ from worker.keys import (
     LEDGER_OPEN,
     due_member,
     ledger_key,
+    ledger_trigger_key,
 )
 from worker.work import Work
 
 UNFINISHED = ("queued", "in_progress", "retrying")
 FINISHED = ("delivered", "dead")
 STATES = (*UNFINISHED, *FINISHED)
-LOG_MAX_CHARS = 1500
+LOG_MAX_ENTRIES = 40
 
 # Record acceptance: a new session, or a finished one accepted again (reopened). An unfinished
 # session is left as it is, only touched. ARGV: 1 id, 2 now, 3 source, 4 trigger JSON or '',
-# 5 event id or '', 6 a destination when one delivery is replayed, else ''.
+# 5 event id or '', 6 a destination when one delivery is replayed, else '', 7 log entries kept.
 # Returns its state before ('' when new).
 _ACCEPT = """
 local h = KEYS[1]
@@ -55,6 +62,11 @@ if old == 'queued' or old == 'in_progress' or old == 'retrying' then
     redis.call('hset', h, 'u', ARGV[2])
     redis.call('zadd', KEYS[3], ARGV[2], ARGV[1])
     return old
+end
+local function append(entry)
+    local n = redis.call('hincrby', h, 'ln', 1)
+    redis.call('hset', h, 'l' .. n, string.sub(entry, 1, 63))
+    if n > tonumber(ARGV[7]) then redis.call('hdel', h, 'l' .. (n - tonumber(ARGV[7]))) end
 end
 if old then
     for _, name in ipairs(redis.call('hkeys', h)) do
@@ -71,12 +83,10 @@ else
     redis.call('hset', h, 'f', 'd', 'd:' .. ARGV[6], 'q')
 end
 redis.call('hset', h, 'a', ARGV[2], 's', ARGV[3], 'st', st, 'u', ARGV[2])
-if ARGV[4] ~= '' then redis.call('hset', h, 't', ARGV[4]) end
-if ARGV[5] ~= '' then redis.call('hset', h, 'e', ARGV[5]) end
-local log = redis.call('hget', h, 'log')
-local entry = 'accepted,' .. ARGV[2] .. ',' .. ARGV[3]
-if log then entry = log .. ';' .. entry end
-redis.call('hset', h, 'log', entry)
+if ARGV[4] ~= '' then redis.call('set', KEYS[5], ARGV[4]) end
+if ARGV[5] ~= '' then redis.call('hset', h, 'e', string.sub(ARGV[5], 1, 63)) end
+append('a,' .. math.floor((tonumber(ARGV[2]) - tonumber(redis.call('hget', h, 'a'))) * 1000)
+    .. ',ok,' .. ARGV[3])
 redis.call('hincrby', KEYS[4], st, 1)
 redis.call('zadd', KEYS[2], ARGV[2], ARGV[1])
 redis.call('zadd', KEYS[3], ARGV[2], ARGV[1])
@@ -88,21 +98,21 @@ return old or ''
 #   6 progress expected by (idle score) or '', 7 next attempt at or '',
 #   8 destinations "name=q,name=d" or '', 9 ttl of a finished entry,
 #   10 source if the session was never accepted, 11 its trigger JSON or '',
-#   12 the log's bound in characters (oldest entries dropped first)
+#   12 log entries kept (the oldest dropped first)
 # Returns {state before, state after, accepted at}.
 _UPDATE = """
 local h = KEYS[1]
 local old = redis.call('hget', h, 'st')
 local function append(entry)
     if entry == '' then return end
-    local log = redis.call('hget', h, 'log')
-    if log then log = log .. ';' .. entry else log = entry end
-    while string.len(log) > tonumber(ARGV[12]) do
-        local cut = string.find(log, ';', 1, true)
-        if not cut then break end
-        log = string.sub(log, cut + 1)
-    end
-    redis.call('hset', h, 'log', log)
+    -- "<stage>|<rest>" is stored as "<stage>,<ms since acceptance>,<rest>"
+    local stage, rest = string.match(entry, '^([^|]*)|(.*)$')
+    local accepted = tonumber(redis.call('hget', h, 'a') or ARGV[2])
+    local since = math.floor((tonumber(ARGV[2]) - accepted) * 1000)
+    entry = stage .. ',' .. since .. ',' .. rest
+    local n = redis.call('hincrby', h, 'ln', 1)
+    redis.call('hset', h, 'l' .. n, string.sub(entry, 1, 63))
+    if n > tonumber(ARGV[12]) then redis.call('hdel', h, 'l' .. (n - tonumber(ARGV[12]))) end
 end
 if old == 'delivered' or old == 'dead' then
     append(ARGV[5])
@@ -110,7 +120,7 @@ if old == 'delivered' or old == 'dead' then
 end
 if not old then
     redis.call('hset', h, 'a', ARGV[2], 's', ARGV[10], 'f', 'q')
-    if ARGV[11] ~= '' then redis.call('hset', h, 't', ARGV[11]) end
+    if ARGV[11] ~= '' then redis.call('set', KEYS[5], ARGV[11]) end
     redis.call('zadd', KEYS[2], ARGV[2], ARGV[1])
 end
 if ARGV[3] ~= '' then redis.call('hset', h, ARGV[3], ARGV[4]) end
@@ -121,7 +131,7 @@ if ARGV[8] ~= '' then
         if redis.call('hget', h, key) ~= 'd' then redis.call('hset', h, key, value) end
     end
 end
-if ARGV[7] ~= '' then redis.call('hset', h, 'n', ARGV[7]) else redis.call('hdel', h, 'n') end
+if ARGV[7] ~= '' then redis.call('hset', h, 'n', ARGV[7]) end
 append(ARGV[5])
 local fetch, retrying, queued, dead, destinations = nil, false, false, false, 0
 local all = redis.call('hgetall', h)
@@ -143,12 +153,14 @@ elseif queued then st = 'in_progress'
 elseif dead then st = 'dead'
 else st = 'delivered' end
 redis.call('hset', h, 'st', st)
+if st ~= 'retrying' then redis.call('hdel', h, 'n') end
 if old then redis.call('hincrby', KEYS[4], old, -1) end
 if st == 'delivered' or st == 'dead' then
     redis.call('hincrby', KEYS[4], 'finished:' .. st, 1)
     redis.call('zrem', KEYS[2], ARGV[1])
     redis.call('zrem', KEYS[3], ARGV[1])
-    redis.call('hdel', h, 't', 'n', 'u')
+    redis.call('hdel', h, 'n', 'u')
+    redis.call('del', KEYS[5])
     redis.call('expire', h, ARGV[9])
 else
     redis.call('hincrby', KEYS[4], st, 1)
@@ -161,7 +173,13 @@ return {old or '', st, redis.call('hget', h, 'a')}
 
 
 def _keys(session_id: str) -> list[str]:
-    return [ledger_key(session_id), LEDGER_OPEN, LEDGER_IDLE, LEDGER_COUNTS]
+    return [
+        ledger_key(session_id),
+        LEDGER_OPEN,
+        LEDGER_IDLE,
+        LEDGER_COUNTS,
+        ledger_trigger_key(session_id),
+    ]
 
 
 def _clean(text: str) -> str:
@@ -169,16 +187,31 @@ def _clean(text: str) -> str:
     return text.replace(",", " ").replace(";", " ")[:60]
 
 
-def log_entry(
-    stage: str, at: float, outcome: str, detail: str = "", duration_s: float | None = None
-) -> str:
-    """One attempt in the ledger's compact form."""
-    parts = [stage, f"{at:.3f}", outcome]
+# Stages by a letter in the attempt log: a finished session is mostly its log.
+STAGE_CODES = {
+    "accepted": "a",
+    "fetch": "f",
+    "validate": "v",
+    "enrich": "e",
+    "reconcile": "r",
+    "message": "m",
+}
+STAGE_NAMES = {code: name for name, code in STAGE_CODES.items()}
+
+
+def log_entry(stage: str, outcome: str, detail: str = "", duration_s: float | None = None) -> str:
+    """One attempt as the ledger script takes it; stored as
+    ``<stage>,<ms since acceptance>,<outcome>[,<detail>][,<duration ms>]`` (≤ 63 characters).
+
+    ``deliver:<name>`` is stored as ``d:<name>``, the other stages by their letter.
+    """
+    code = STAGE_CODES.get(stage) or stage.replace("deliver:", "d:", 1)
+    parts = [outcome]
     if detail or duration_s is not None:
         parts.append(_clean(detail))
     if duration_s is not None:
-        parts.append(f"{duration_s:.4f}")
-    return ",".join(parts)
+        parts.append(f"{duration_s * 1000:.1f}")
+    return code + "|" + ",".join(parts)
 
 
 @dataclass(frozen=True)
@@ -192,7 +225,7 @@ class Acceptance:
     def args(self, now: float, source: str) -> list[str | float]:
         trigger = orjson.dumps(self.trigger).decode() if self.trigger else ""
         event_id = str((self.trigger or {}).get("event_id") or "")
-        return [self.session_id, now, source, trigger, event_id, self.destination]
+        return [self.session_id, now, source, trigger, event_id, self.destination, LOG_MAX_ENTRIES]
 
 
 @dataclass
@@ -264,31 +297,72 @@ class Ledger:
 
     def _args(self, event: Event, now: float) -> list[str | float | int]:
         work = event.work
-        entry = log_entry(event.stage, now, event.outcome, event.detail, event.duration_s)
-        destinations = ",".join(f"{name}={state}" for name, state in event.destinations.items())
-        trigger = orjson.dumps(work.trigger).decode() if work.trigger else ""
-        return [
+        return update_args(
             work.session_id,
             now,
-            event.key,
-            event.value,
-            entry,
-            "" if event.next_at is None else event.next_at,
-            "" if event.next_at is None else event.next_at,
-            destinations,
-            self._ttl_s,
-            "foreign",
-            trigger,
-            LOG_MAX_CHARS,
-        ]
+            key=event.key,
+            value=event.value,
+            entry=log_entry(event.stage, event.outcome, event.detail, event.duration_s),
+            next_at=event.next_at,
+            destinations=event.destinations,
+            ttl_s=self._ttl_s,
+            trigger=work.trigger,
+        )
+
+
+def update_args(
+    session_id: str,
+    now: float,
+    *,
+    key: str = "",
+    value: str = "",
+    entry: str = "",
+    next_at: float | None = None,
+    expected_by: float | None = None,
+    destinations: dict[str, str] | None = None,
+    ttl_s: int,
+    trigger: dict[str, Any] | None = None,
+) -> list[str | float | int]:
+    """The _UPDATE script's arguments, in its order."""
+    if expected_by is None:
+        expected_by = next_at
+    return [
+        session_id,
+        now,
+        key,
+        value,
+        entry,
+        "" if expected_by is None else expected_by,
+        "" if next_at is None else next_at,
+        ",".join(f"{name}={state}" for name, state in (destinations or {}).items()),
+        ttl_s,
+        "foreign",
+        orjson.dumps(trigger).decode() if trigger else "",
+        LOG_MAX_ENTRIES,
+    ]
 
 
 class LedgerWriter:
-    """The console's (blocking) side: acceptance before publishing."""
+    """The blocking side: acceptance before publishing (the console, the ingress), and the
+    reconciler's touch."""
 
-    def __init__(self, client: redis.Redis) -> None:
+    def __init__(self, client: redis.Redis, *, ttl_s: int = 7 * 24 * 3600) -> None:
         self._redis = client
+        self._ttl_s = ttl_s
         self._accept = client.register_script(_ACCEPT)
+        self._update = client.register_script(_UPDATE)
+
+    def touch(
+        self, session_ids: Sequence[str], stage: str, outcome: str, now: float | None = None
+    ) -> None:
+        """Log an event for each session and expect its progress from now (one round trip)."""
+        now = time.time() if now is None else now
+        entry = log_entry(stage, outcome)
+        with self._redis.pipeline(transaction=False) as pipe:
+            for session_id in session_ids:
+                args = update_args(session_id, now, entry=entry, ttl_s=self._ttl_s)
+                self._update(_keys(session_id), args, client=pipe)
+            pipe.execute()
 
     def accept(self, items: Sequence[Acceptance], source: str) -> list[str]:
         """Record sessions as accepted in one round trip; their states before."""

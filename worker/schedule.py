@@ -35,8 +35,9 @@ from worker.keys import (
     delivery_queue,
     due_member,
     ledger_key,
+    ledger_trigger_key,
 )
-from worker.ledger import log_entry
+from worker.ledger import LedgerWriter
 from worker.work import Work
 
 log = logging.getLogger("worker.schedule")
@@ -116,6 +117,7 @@ class Candidate:
     session_id: str
     expected_by: float
     entry: dict[str, str]
+    trigger: bytes | None = None
 
     def queues(self) -> list[str]:
         """The queues its next message waits in."""
@@ -139,11 +141,10 @@ class Candidate:
 
     def work(self) -> Work:
         """The fetch to publish again: the whole session, which delivers what is missing."""
-        trigger = self.entry.get("t")
         return Work(
             self.session_id,
             first_seen_at=float(self.entry.get("a") or time.time()),
-            trigger=orjson.loads(trigger) if trigger else None,
+            trigger=orjson.loads(self.trigger) if self.trigger else None,
         )
 
 
@@ -157,6 +158,7 @@ class Reconciler:
         after_s: float,
         batch_size: int,
         lock_ttl_s: float,
+        ledger_ttl_s: int = 7 * 24 * 3600,
         margin_s: float = 1.0,
     ) -> None:
         self._redis = client
@@ -166,6 +168,7 @@ class Reconciler:
         self._margin_s = margin_s
         self._token = secrets.token_hex(8)
         self._release = client.register_script(_RELEASE)
+        self._ledger = LedgerWriter(client, ttl_s=ledger_ttl_s)
 
     def run_once(self, send_fetches: SendFetches, *, now: float | None = None) -> list[str]:
         """One pass: the ids published again (none if another worker holds the lock)."""
@@ -190,10 +193,18 @@ class Reconciler:
         with self._redis.pipeline(transaction=False) as pipe:
             for member, _ in overdue:
                 pipe.hgetall(ledger_key(_text(member)))
-            entries = pipe.execute()
+                pipe.get(ledger_trigger_key(_text(member)))
+            replies = pipe.execute()
         candidates = [
-            Candidate(_text(member), float(score), {_text(k): _text(v) for k, v in entry.items()})
-            for (member, score), entry in zip(overdue, entries, strict=True)
+            Candidate(
+                _text(member),
+                float(score),
+                {_text(k): _text(v) for k, v in entry.items()},
+                trigger,
+            )
+            for (member, score), entry, trigger in zip(
+                overdue, replies[::2], replies[1::2], strict=True
+            )
             if entry
         ]
         scheduled = self._scheduled(candidates)
@@ -238,14 +249,7 @@ class Reconciler:
     def _touch(self, lost: Sequence[Candidate], now: float) -> None:
         if not lost:
             return
-        entry = log_entry("reconcile", now, "published")
-        with self._redis.pipeline(transaction=False) as pipe:
-            for candidate in lost:
-                pipe.zadd(LEDGER_IDLE, {candidate.session_id: now}, xx=True)
-                key = ledger_key(candidate.session_id)
-                past = candidate.entry.get("log")
-                pipe.hset(key, mapping={"u": now, "log": f"{past};{entry}" if past else entry})
-            pipe.execute()
+        self._ledger.touch([c.session_id for c in lost], "reconcile", "published", now)
         log.warning(
             "reconciled: published again %d session(s) whose messages were lost",
             len(lost),

@@ -35,6 +35,12 @@ def build_parser() -> argparse.ArgumentParser:
     purge = dlq_commands.add_parser("purge", help="delete dead letters (no ids: all)")
     purge.add_argument("ids", nargs="*", metavar="ID")
 
+    status = commands.add_parser(
+        "status",
+        help="where sessions are: one JSON object a line (no ids: counts per state)",
+    )
+    status.add_argument("ids", nargs="*", metavar="ID")
+
     from worker.cli.backfill.args import add_arguments as add_backfill_arguments
 
     add_backfill_arguments(
@@ -55,6 +61,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _enqueue(settings, args.ids)
     if args.command == "dlq":
         return _dlq(settings, args)
+    if args.command == "status":
+        from worker.cli.status import main as status
+
+        return status(settings, args.ids)
     if args.command == "backfill":
         from worker.cli.backfill.run import main as backfill
 

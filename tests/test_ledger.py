@@ -1,0 +1,241 @@
+"""The session ledger on a real Redis: states, counts, expiry, due retries, the reconciler."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+
+import orjson
+import redis
+import redis.asyncio as aioredis
+
+from worker.keys import DUE, LEDGER_COUNTS, LEDGER_IDLE, LEDGER_OPEN, QUEUED_AT_HEADER, ledger_key
+from worker.ledger import Acceptance, Event, Ledger, LedgerWriter
+from worker.schedule import DueRetries, Reconciler
+from worker.work import Work
+
+
+def record(redis_url: str, events: Sequence[Event], retries: Sequence[tuple[Work, float]] = ()):  # type: ignore[no-untyped-def]
+    async def main():  # type: ignore[no-untyped-def]
+        client = aioredis.Redis.from_url(redis_url)
+        try:
+            return await Ledger(client, ttl_s=60).record(events, retries)
+        finally:
+            await client.aclose()
+
+    return asyncio.run(main())
+
+
+def entry(client: redis.Redis, session_id: str) -> dict[str, str]:
+    return {k.decode(): v.decode() for k, v in client.hgetall(ledger_key(session_id)).items()}
+
+
+def attempts(client: redis.Redis, session_id: str) -> list[str]:
+    """The attempt log, oldest first."""
+    found = entry(client, session_id)
+    numbered = [(int(k[1:]), v) for k, v in found.items() if k[:1] == "l" and k[1:].isdigit()]
+    return [text for _, text in sorted(numbered)]
+
+
+def counts(client: redis.Redis) -> dict[str, int]:
+    return {k.decode(): int(v) for k, v in client.hgetall(LEDGER_COUNTS).items()}
+
+
+def test_a_session_from_acceptance_to_delivery(redis_url: str, redis_client: redis.Redis) -> None:
+    writer = LedgerWriter(redis_client)
+    trigger = {"event_id": "evt_1", "type": "onboarding.completed", "created_at": 1}
+    assert writer.accept([Acceptance("ses_a", trigger)], "ingress") == [""]
+    assert entry(redis_client, "ses_a")["st"] == "queued"
+    assert counts(redis_client)["queued"] == 1
+
+    work = Work("ses_a", trigger=trigger)
+    fetched = Event(work, "fetch", "ok", "f", "d", destinations={"webhook": "q", "stream": "q"})
+    [after_fetch] = record(redis_url, [fetched])
+    assert (after_fetch.before, after_fetch.after) == ("queued", "in_progress")
+    failed = Event(
+        work.retried(), "deliver:webhook", "retry", "d:webhook", "r", "503", 0.01, time.time() + 5
+    )
+    stream_ok = Event(work, "deliver:stream", "ok", "d:stream", "d", duration_s=0.002)
+    assert [r.after for r in record(redis_url, [failed, stream_ok])] == ["retrying", "retrying"]
+    assert entry(redis_client, "ses_a")["n"]
+    [done] = record(redis_url, [Event(work, "deliver:webhook", "ok", "d:webhook", "d")])
+
+    assert done.after == "delivered"
+    found = entry(redis_client, "ses_a")
+    assert found["st"] == "delivered"
+    assert {"n", "u"}.isdisjoint(found)  # what only an unfinished session needs is gone
+    assert not redis_client.exists(ledger_key("ses_a") + ":t")
+    assert found["e"] == "evt_1"
+    outcomes = [text.split(",")[:3:2] for text in attempts(redis_client, "ses_a")]
+    assert outcomes == [
+        ["a", "ok"],
+        ["f", "ok"],
+        ["d:webhook", "retry"],
+        ["d:stream", "ok"],
+        ["d:webhook", "ok"],
+    ]
+    assert 0 < redis_client.ttl(ledger_key("ses_a")) <= 60
+    assert redis_client.zscore(LEDGER_OPEN, "ses_a") is None
+    assert redis_client.zscore(LEDGER_IDLE, "ses_a") is None
+    assert counts(redis_client) == {
+        "queued": 0,
+        "in_progress": 0,
+        "retrying": 0,
+        "finished:delivered": 1,
+    }
+
+
+def test_a_dead_destination_makes_the_session_dead_once_all_are_settled(
+    redis_url: str, redis_client: redis.Redis
+) -> None:
+    work = Work("ses_b")
+    record(
+        redis_url,
+        [Event(work, "fetch", "ok", "f", "d", destinations={"webhook": "q", "stream": "q"})],
+    )
+    [gone] = record(redis_url, [Event(work, "deliver:webhook", "dead:gone", "d:webhook", "x")])
+    assert gone.after == "in_progress"  # the stream still has it to take
+    [last] = record(redis_url, [Event(work, "deliver:stream", "ok", "d:stream", "d")])
+    assert last.after == "dead"
+    assert entry(redis_client, "ses_b")["s"] == "foreign"  # never accepted by an entry point
+
+
+def test_accepting_a_finished_session_reopens_it_and_an_unfinished_one_is_left(
+    redis_url: str, redis_client: redis.Redis
+) -> None:
+    writer = LedgerWriter(redis_client)
+    writer.accept([Acceptance("ses_c")], "cli")
+    assert writer.accept([Acceptance("ses_c")], "cli") == ["queued"]
+    assert counts(redis_client)["queued"] == 1
+    record(redis_url, [Event(Work("ses_c"), "fetch", "dead:not_found", "f", "x")])
+    assert writer.accept([Acceptance("ses_c", destination="webhook")], "replay") == ["dead"]
+    found = entry(redis_client, "ses_c")
+    assert (found["st"], found["f"], found["d:webhook"], found["s"]) == (
+        "in_progress",
+        "d",
+        "q",
+        "replay",
+    )
+    assert redis_client.ttl(ledger_key("ses_c")) == -1  # unfinished again: kept
+
+
+def test_the_attempt_log_is_bounded(redis_url: str, redis_client: redis.Redis) -> None:
+    work = Work("ses_d")
+    events = [
+        Event(work, "fetch", "retry", "f", "r", "ConnectTimeout", 0.5, time.time() + 1)
+        for _ in range(200)
+    ]
+    record(redis_url, events)
+    kept = attempts(redis_client, "ses_d")
+    assert len(kept) == 40
+    assert entry(redis_client, "ses_d")["ln"] == "200"
+    assert redis_client.object("encoding", ledger_key("ses_d")) == b"listpack"
+
+
+def test_due_retries_are_taken_once_when_due(redis_url: str, redis_client: redis.Redis) -> None:
+    works = [Work(f"ses_due{n}", attempts=1, payload=b'{"p": 1}') for n in range(50)]
+    events = [Event(w, "deliver:webhook", "retry", "d:webhook", "r") for w in works]
+    record(redis_url, events, [(w, 0.2) for w in works])
+    record(
+        redis_url, [Event(Work("ses_later"), "fetch", "retry", "f", "r")], [(Work("ses_later"), 60)]
+    )
+
+    sent: list[tuple[str, list[str]]] = []
+
+    def take() -> int:
+        client = redis.Redis.from_url(redis_url)
+        try:
+            due = DueRetries(client, batch_size=20)
+            return due.publish_due(
+                lambda ws: sent.append(("fetch", [w.session_id for w in ws])),
+                lambda sink, ws: sent.append((sink, [w.session_id for w in ws])),
+                now=time.time() + 1,
+            )
+        finally:
+            client.close()
+
+    with ThreadPoolExecutor(4) as pool:  # four workers racing for the same due retries
+        taken = list(pool.map(lambda _: take(), range(4)))
+
+    assert sum(taken) == 50
+    delivered = [sid for sink, ids in sent for sid in ids if sink == "webhook"]
+    assert sorted(delivered) == sorted(w.session_id for w in works)
+    assert all(len(ids) <= 20 for _, ids in sent)
+    assert redis_client.zcard(DUE) == 1  # ses_later is not due yet
+
+
+def queue_message(client: redis.Redis, queue: str, queued_at: float) -> None:
+    body = {"headers": {QUEUED_AT_HEADER: queued_at}, "body": ""}
+    client.lpush(queue, json.dumps(body))
+
+
+def test_the_reconciler_publishes_only_sessions_whose_messages_are_gone(
+    redis_client: redis.Redis,
+) -> None:
+    now = time.time()
+    writer = LedgerWriter(redis_client)
+    writer.accept(
+        [Acceptance("ses_lost"), Acceptance("ses_waiting"), Acceptance("ses_fresh")], "cli"
+    )
+    # Progress was expected by these times; the enrich queue's oldest message was queued at
+    # now - 500: ses_waiting (expected by now - 600) is behind it... no: it was published
+    # before it, so its message left the queue; ses_lost too. Only a message queued before the
+    # watermark can be gone, so make ses_waiting's expectation newer than the watermark.
+    redis_client.zadd(
+        LEDGER_IDLE, {"ses_lost": now - 900, "ses_waiting": now - 400, "ses_fresh": now}
+    )
+    queue_message(redis_client, "enrich", now - 450)  # the oldest message still queued
+    published: list[str] = []
+    reconciler = Reconciler(redis_client, after_s=300, batch_size=100, lock_ttl_s=10)
+
+    lost = reconciler.run_once(lambda ws: published.extend(w.session_id for w in ws), now=now)
+
+    assert lost == ["ses_lost"] == published
+    assert redis_client.zscore(LEDGER_IDLE, "ses_lost") == now  # expected again from now
+    assert attempts(redis_client, "ses_lost")[-1].startswith("r,")
+
+
+def test_the_reconciler_leaves_scheduled_retries_and_runs_one_at_a_time(
+    redis_url: str, redis_client: redis.Redis
+) -> None:
+    now = time.time()
+    work = Work("ses_sched")
+    record(redis_url, [Event(work, "fetch", "retry", "f", "r", next_at=now - 400)], [(work, 0)])
+    redis_client.zadd(LEDGER_IDLE, {"ses_sched": now - 400})
+    reconciler = Reconciler(redis_client, after_s=300, batch_size=100, lock_ttl_s=10)
+    assert reconciler.run_once(lambda ws: None, now=now) == []  # its retry is in the due index
+
+    redis_client.delete(DUE)  # taken by a worker that died before publishing it
+    other = Reconciler(redis_client, after_s=300, batch_size=100, lock_ttl_s=10)
+    redis_client.set("ffe:reconcile:lock", "another-worker", px=5000)
+    assert other.run_once(lambda ws: None, now=now) == []  # someone else is reconciling
+    redis_client.delete("ffe:reconcile:lock")
+    assert other.run_once(lambda ws: None, now=now) == ["ses_sched"]
+
+
+def test_a_finished_session_costs_little(redis_url: str, redis_client: redis.Redis) -> None:
+    """What LEDGER_TTL_S keeps per session: measured in the README, bounded here."""
+    trigger = {
+        "event_id": "evt_01HZX3P7Q0V1M2N3B4C5D6E7F8",
+        "type": "onboarding.completed",
+        "created_at": 1716672462,
+        "is_sandbox": False,
+        "project_id": "01HZX3P7Q0V1M2N3B4C5D6E7PR",
+        "funnel_id": "01HZX3P7Q0V1M2N3B4C5D6E7FN",
+        "profile_id": "pro_01HZX3P7Q0V1M2N3B4C5D6E7PF",
+    }
+    sid = "ses_01HZX3P7Q0V1M2N3B4C5D6E7F8"
+    LedgerWriter(redis_client).accept([Acceptance(sid, trigger)], "ingress")
+    work = Work(sid, trigger=trigger)
+    record(
+        redis_url,
+        [Event(work, "fetch", "ok", "f", "d", duration_s=0.0123, destinations={"webhook": "q"})],
+    )
+    record(redis_url, [Event(work, "deliver:webhook", "ok", "d:webhook", "d", duration_s=0.0045)])
+    size = redis_client.memory_usage(ledger_key(sid))
+    assert size is not None
+    assert size <= 400, size
+    assert orjson.loads(orjson.dumps(entry(redis_client, sid)))["st"] == "delivered"
