@@ -84,7 +84,10 @@ def worker_env(
         k: v
         for k, v in os.environ.items()
         if not k.startswith(
-            ("FUNNELFOX_", "WEBHOOK_", "RETRY_", "OUTPUT_", "WORKER_", "REDIS_", "VISIBILITY_")
+            (
+                *("FUNNELFOX_", "WEBHOOK_", "RETRY_", "OUTPUT_", "WORKER_", "REDIS_"),
+                *("VISIBILITY_", "LEDGER_", "RECONCILE_", "TASK_TIME_LIMIT_S"),
+            )
         )
     }
     env.update(

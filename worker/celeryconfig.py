@@ -86,6 +86,12 @@ def check_worker_limits(settings: Settings) -> None:
     """Refuse limits that would let Redis redeliver a message a worker still holds."""
     settings.check_for_worker()
     limit = task_time_limit_s(settings)
+    if limit >= settings.reconcile_after_s:
+        # A session a worker is still working on would be published again by the reconciler.
+        raise ConfigError(
+            f"a task may run {limit} s (TASK_TIME_LIMIT_S, or derived from the timeouts), "
+            f"which must stay below RECONCILE_AFTER_S ({settings.reconcile_after_s})"
+        )
     if limit >= settings.visibility_timeout_s:
         raise ConfigError(
             f"a task may run {limit} s (TASK_TIME_LIMIT_S, or derived from the timeouts), "

@@ -172,14 +172,16 @@ class Reconciler:
 
     def run_once(self, send_fetches: SendFetches, *, now: float | None = None) -> list[str]:
         """One pass: the ids published again (none if another worker holds the lock)."""
-        now = time.time() if now is None else now
+        started = time.time() if now is None else now
         if not self._redis.set(RECONCILE_LOCK, self._token, nx=True, px=self._lock_ttl_ms):
             return []
         try:
-            lost = self._lost(now)
+            lost = self._lost(started)
             for chunk in _chunks([c.work() for c in lost], self._batch_size):
                 send_fetches(chunk)
-            self._touch(lost, now)
+            # Expected again from after the publish, not before it: the new messages' own
+            # queued-at times must not make these look lost at the next pass.
+            self._touch(lost, time.time() if now is None else now)
             return [c.session_id for c in lost]
         finally:
             self._release([RECONCILE_LOCK], [self._token])

@@ -119,6 +119,7 @@ class WebhookReceiver(BackgroundServer):
         self._accepted = 0
         self._distinct: set[str] = set()
         self._counts: dict[str, int] = {}
+        self.outage_status: int | None = None
         # Set (and dropped) on every accepted delivery to wake HTTP long-polls on the loop.
         self._tick: asyncio.Event | None = None
         self._routes: dict[Route, Handler] = {
@@ -158,6 +159,10 @@ class WebhookReceiver(BackgroundServer):
     def set_latency(self, latency_ms: float) -> None:
         """Delay every answer by ``latency_ms``."""
         self.latency_ms = latency_ms
+
+    def set_outage(self, status: int | None) -> None:
+        """Answer every delivery with ``status`` (e.g. 503) until called with None."""
+        self.outage_status = status
 
     def attempts(self) -> list[Attempt]:
         """Every POST received, in arrival order."""
@@ -220,6 +225,8 @@ class WebhookReceiver(BackgroundServer):
         faults = parse_faults(session_id).hook
         if not verified:
             status, response = 400, error_response(400)
+        elif self.outage_status is not None:
+            status, response = self.outage_status, error_response(self.outage_status)
         elif faults.active:
             # Only verified deliveries use up a fault, as only they would reach a real handler.
             with self._cond:
