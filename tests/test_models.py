@@ -28,7 +28,11 @@ def session(**changes: Any) -> dict[str, Any]:
 
 
 def parse(document: dict[str, Any], session_id: str = "ses_1") -> tuple[dict[str, Any], Any]:
-    return parse_session(orjson.dumps(document), session_id)
+    """The parsed document and the model of ``document`` sent as JSON."""
+    body = orjson.dumps(document)
+    received, model = parse_session(body, session_id)
+    assert received.raw == body
+    return received.document, model
 
 
 @pytest.mark.parametrize(

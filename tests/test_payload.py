@@ -71,6 +71,18 @@ def test_session_is_delivered_whole_including_unknown_fields() -> None:
     assert payload["data"]["session"] == document  # type: ignore[index]
 
 
+def test_session_is_spliced_in_byte_for_byte() -> None:
+    """Parsing and serializing again would change values: a 20-digit integer became a float."""
+    body = orjson.dumps(make_session("ses_exact"))[:-1] + (
+        b',\n "big": 12345678901234567890123, "sci": 1E2,'
+        b' "float": 0.1000000000000000055511, "emoji": "\\ud83e\\udd8a"}'
+    )
+    received, session = parse_session(body, "ses_exact")
+    payload = build_payload(received, enrich(session), None, NOW)
+    assert b'"session":' + body + b',"enrichment":' in payload
+    assert json.loads(payload)["data"]["session"]["big"] == 12345678901234567890123
+
+
 def test_schema_rejects_a_wrong_payload() -> None:
     schema = payload_json_schema()
     payload = payload_for("ses_wrong")

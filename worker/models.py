@@ -7,6 +7,7 @@ kept (``extra="allow"``) so the delivered ``data.session`` is the whole session.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr
@@ -15,6 +16,16 @@ from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr
 # choices of a multi-select question. StrictInt keeps "3" and 3 apart; bool is refused
 # by StrictInt, which is right: FunnelFox never sends booleans as replies.
 ReplyValue = StrictStr | StrictInt | float | list[StrictStr | StrictInt] | None
+
+
+@dataclass(frozen=True, slots=True)
+class SessionBody:
+    """A Get Session body as FunnelFox sent it: the bytes, and the JSON object they hold."""
+
+    # Delivered as they are: parsing and serializing again would turn an integer beyond
+    # 64 bits into a float and rewrite numbers ("1E2" as 100.0).
+    raw: bytes
+    document: dict[str, Any]
 
 
 class _Kept(BaseModel):

@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import orjson
 from pydantic import ValidationError
 
 from worker.errors import InvalidPayload
-from worker.models import Session
+from worker.models import Session, SessionBody
 
 
-def parse_session(body: bytes, session_id: str) -> tuple[dict[str, Any], Session]:
+def parse_session(body: bytes, session_id: str) -> tuple[SessionBody, Session]:
     """The body as received (kept whole for delivery) and its validated model."""
     try:
         raw = orjson.loads(body)
@@ -25,7 +23,7 @@ def parse_session(body: bytes, session_id: str) -> tuple[dict[str, Any], Session
         raise InvalidPayload(f"session {session_id}: {describe(exc)}") from None
     if session.id != session_id:
         raise InvalidPayload(f"session {session_id}: FunnelFox answered with id {session.id!r}")
-    return raw, session
+    return SessionBody(body, raw), session
 
 
 def describe(exc: ValidationError, limit: int = 5) -> str:
