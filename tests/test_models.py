@@ -1,4 +1,5 @@
-"""The session model and the validate stage: lenient where FunnelFox is, strict where it matters."""
+"""The session model and the validate stage: every real session accepted, only unplaceable ones
+refused (not a JSON object, no matching ``id``, no usable ``created_at``)."""
 
 from __future__ import annotations
 
@@ -35,14 +36,153 @@ def parse(document: dict[str, Any], session_id: str = "ses_1") -> tuple[dict[str
     return received.document, model
 
 
+def without(*keys: str, **changes: Any) -> dict[str, Any]:
+    """The base session with ``keys`` left out (and ``changes`` made)."""
+    return {k: v for k, v in session(**changes).items() if k not in keys}
+
+
 @pytest.mark.parametrize(
     "value",
-    ["text", 42, 3.5, ["a", "b"], [], "2024-05-25", "Ça va 🙂", None],
-    ids=["text", "int", "float", "multi", "empty-multi", "date", "unicode", "null"],
+    [
+        "text",
+        42,
+        3.5,
+        ["a", "b"],
+        [],
+        "2024-05-25",
+        "Ça va 🙂",
+        None,
+        True,
+        False,
+        {"min": 18, "max": 35},
+        [{"id": 1}, None, True],
+        {},
+        "3",
+    ],
+    ids=[
+        "text",
+        "int",
+        "float",
+        "multi",
+        "empty-multi",
+        "date",
+        "unicode",
+        "null",
+        "true",
+        "false",
+        "object",
+        "list-of-anything",
+        "empty-object",
+        "digit-text",
+    ],
 )
 def test_reply_values(value: object) -> None:
+    """Any JSON value is carried as sent: true is not 1.0, "3" is not 3."""
     _, model = parse(session(replies=[{"screen_id": "s", "element_id": "e", "value": value}]))
     assert model.replies[0].value == value
+    assert type(model.replies[0].value) is type(value)
+
+
+# given: a session; expected: accepted, with these model fields (None: not readable).
+ACCEPTED: list[Any] = [
+    pytest.param(without("replies"), {"replies": None}, id="replies-missing"),
+    pytest.param(session(replies=None), {"replies": None}, id="replies-null"),
+    pytest.param(session(replies={"goal": "sleep"}), {"replies": None}, id="replies-object"),
+    pytest.param(
+        session(replies=[{"screen_id": "s", "value": 1}]),
+        {"replies": [None]},
+        id="reply-no-element",
+    ),
+    pytest.param(
+        session(replies=[{"screen_id": "s", "element_id": "e", "value": {"a": 1}}]),
+        {"replies.0.value": {"a": 1}},
+        id="reply-object-value",
+    ),
+    pytest.param(
+        session(replies=["sleep", None, {"screen_id": 1, "element_id": "e", "value": 2}]),
+        {"replies": [None, None, None]},
+        id="replies-unreadable-items",
+    ),
+    pytest.param(
+        session(replies=[{"screen_id": "s", "element_id": "e"}]),
+        {"replies": [None]},
+        id="reply-no-value",
+    ),
+    pytest.param(without("user_agent"), {"user_agent": None}, id="user_agent-missing"),
+    pytest.param(session(user_agent=None), {"user_agent": None}, id="user_agent-null"),
+    pytest.param(session(user_agent=["Mozilla"]), {"user_agent": None}, id="user_agent-list"),
+    pytest.param(without("attributes"), {"attributes": None}, id="attributes-missing"),
+    pytest.param(session(attributes=None), {"attributes": None}, id="attributes-null"),
+    pytest.param(session(attributes="GB"), {"attributes": None}, id="attributes-text"),
+    pytest.param(
+        session(attributes={"country": None, "city": None, "ip": None, "timezone": None}),
+        {"attributes.country": None, "attributes.city": None},
+        id="attributes-keys-null",
+    ),
+    pytest.param(
+        session(attributes={"country": 826, "city": {"name": "Birmingham"}, "timezone": 0}),
+        {"attributes.country": None, "attributes.city": None, "attributes.timezone": None},
+        id="attributes-keys-odd",
+    ),
+    pytest.param(session(attributes={}), {"attributes.country": None}, id="attributes-empty"),
+    pytest.param(without("query_params"), {"query_params": None}, id="query_params-missing"),
+    pytest.param(session(query_params=None), {"query_params": None}, id="query_params-null"),
+    pytest.param(session(query_params="a=b"), {"query_params": None}, id="query_params-text"),
+    pytest.param(without("query"), {"query": None}, id="query-missing"),
+    pytest.param(session(query=None), {"query": None}, id="query-null"),
+    pytest.param(without("origin"), {"origin": None}, id="origin-missing"),
+    pytest.param(session(origin=None), {"origin": None}, id="origin-null"),
+    pytest.param(without("profile_id"), {"profile_id": None}, id="profile_id-missing"),
+    pytest.param(session(profile_id=None), {"profile_id": None}, id="profile_id-null"),
+    pytest.param(without("funnel_id"), {"funnel_id": None}, id="funnel_id-missing"),
+    pytest.param(session(funnel_id=7), {"funnel_id": None}, id="funnel_id-number"),
+    pytest.param(session(experiment_id=None), {"experiment_id": None}, id="experiment_id-null"),
+    pytest.param(session(locale=None), {"locale": None}, id="locale-null"),
+    pytest.param(session(locale=["en"]), {"locale": None}, id="locale-list"),
+    pytest.param(
+        {"id": "ses_1", "created_at": 1716672462},
+        {"user_agent": None, "attributes": None, "replies": None, "query_params": None},
+        id="only-id-and-created_at",
+    ),
+    pytest.param(
+        session(
+            **dict.fromkeys(
+                (
+                    "attributes",
+                    "user_agent",
+                    "query",
+                    "query_params",
+                    "replies",
+                    "origin",
+                    "profile_id",
+                    "experiment_id",
+                    "locale",
+                )
+            )
+        ),
+        {"user_agent": None, "attributes": None, "replies": None, "query_params": None},
+        id="every-optional-field-null",
+    ),
+    pytest.param(session(created_at=0), {"created_at": 0}, id="created_at-epoch"),
+    pytest.param(
+        session(created_at=253402300799), {"created_at": 253402300799}, id="created_at-9999"
+    ),
+]
+
+
+def read(model: Any, path: str) -> Any:
+    """``model``'s field at a dotted path: "replies.0.value"."""
+    for part in path.split("."):
+        model = model[int(part)] if part.isdigit() else getattr(model, part)
+    return model
+
+
+@pytest.mark.parametrize(("document", "expected"), ACCEPTED)
+def test_accepted_sessions(document: dict[str, Any], expected: dict[str, Any]) -> None:
+    raw, model = parse(document)
+    assert raw == document  # what is delivered as data.session
+    for path, value in expected.items():
+        assert read(model, path) == value, path
 
 
 def test_anonymized_session_with_empty_fields_is_valid() -> None:
@@ -68,9 +208,18 @@ def test_unknown_fields_are_kept_in_the_model_and_the_raw_body() -> None:
     [
         (session(created_at="yesterday"), "created_at"),
         (session(created_at=True), "created_at"),
-        ({k: v for k, v in session().items() if k != "replies"}, "replies: Field required"),
-        (session(replies=[{"screen_id": "s", "value": 1}]), "replies.0.element_id"),
-        (session(replies=[{"screen_id": "s", "element_id": "e", "value": {"a": 1}}]), "value"),
+        # Moved to ACCEPTED: replies missing, a reply without element_id, an object value.
+        (without("created_at"), "created_at: Field required"),
+        (session(created_at=None), "created_at"),
+        (session(created_at=-1), "created_at"),
+        (session(created_at=1716672462000), "created_at"),  # milliseconds
+        (session(created_at=1716672462.5), "created_at"),
+        (session(created_at="1716672462"), "created_at"),
+        (session(created_at="2024-05-25T21:27:42Z"), "created_at"),
+        (without("id"), "id: Field required"),
+        (session(id=None), "id"),
+        (session(id=1), "id"),
+        (session(id=""), "id"),
     ],
 )
 def test_invalid_sessions_name_the_field(document: dict[str, Any], fragment: str) -> None:
@@ -84,7 +233,18 @@ def test_validation_message_does_not_echo_values() -> None:
     assert "203.0.113.7" not in str(caught.value)
 
 
-@pytest.mark.parametrize(("body", "fragment"), [(b"<html>", "not JSON"), (b"[1]", "JSON list")])
+@pytest.mark.parametrize(
+    ("body", "fragment"),
+    [
+        (b"<html>", "not JSON"),
+        (b"[1]", "JSON list"),
+        (b"", "not JSON"),
+        (b"null", "JSON NoneType"),
+        (b'"ses_1"', "JSON str"),
+        (b"1716672462", "JSON int"),
+        (b'{"id": "ses_1", "created_at": 1716672462', "not JSON"),
+    ],
+)
 def test_non_objects_are_invalid(body: bytes, fragment: str) -> None:
     with pytest.raises(InvalidPayload, match=fragment):
         parse_session(body, "ses_1")

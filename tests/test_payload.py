@@ -8,6 +8,8 @@ from datetime import UTC, datetime
 import jsonschema
 import orjson
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from worker.enrich import enrich
 from worker.payload import build_payload, payload_json_schema
@@ -27,6 +29,10 @@ TRIGGER = {
 }
 
 
+# Checked once here; jsonschema.validate() checks the schema itself again on every call.
+VALIDATOR = jsonschema.Draft202012Validator(json.loads(PUBLISHED.read_text()))
+
+
 def test_published_schema_is_current() -> None:
     assert PUBLISHED.read_text() == render(), "run: python -m worker.schema > " + str(PUBLISHED)
 
@@ -41,9 +47,8 @@ def payload_for(session_id: str, trigger: dict[str, object] | None = None) -> di
     "session_id", [f"ses_schema{i}" for i in range(40)] + ["ses_x-anon", "ses_y-extra"]
 )
 def test_simulated_sessions_validate_against_the_published_schema(session_id: str) -> None:
-    schema = json.loads(PUBLISHED.read_text())
-    jsonschema.validate(payload_for(session_id, TRIGGER), schema)
-    jsonschema.validate(payload_for(session_id), schema)
+    VALIDATOR.validate(payload_for(session_id, TRIGGER))
+    VALIDATOR.validate(payload_for(session_id))
 
 
 def test_shape() -> None:
@@ -81,6 +86,61 @@ def test_session_is_spliced_in_byte_for_byte() -> None:
     payload = build_payload(received, enrich(session), None, NOW)
     assert b'"session":' + body + b',"enrichment":' in payload
     assert json.loads(payload)["data"]["session"]["big"] == 12345678901234567890123
+
+
+# Any JSON value orjson can write (integers within 64 bits, no NaN).
+JSON = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers(-(2**63), 2**63 - 1)
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(max_size=12),
+    lambda inner: (
+        st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner, max_size=3)
+    ),
+    max_leaves=8,
+)
+ATTRIBUTE_KEYS = ("city", "country", "ip", "postal_code", "region_code", "locale_code", "timezone")
+PARAM_KEYS = ("utm_source", "utm_medium", "utm_term", "fbclid", "gclid", "ScCid")
+TEXT = st.text(max_size=40)
+# Each field missing, shaped as FunnelFox documents it (with odd values inside), or anything.
+OPTIONAL = {
+    "funnel_id": TEXT | JSON,
+    "profile_id": TEXT | JSON,
+    "origin": TEXT | JSON,
+    "user_agent": st.sampled_from([make_session(f"ses_ua{i}")["user_agent"] for i in range(9)])
+    | TEXT
+    | JSON,
+    "attributes": st.dictionaries(st.sampled_from(ATTRIBUTE_KEYS) | TEXT, TEXT | JSON) | JSON,
+    "query": TEXT | JSON,
+    "query_params": st.dictionaries(st.sampled_from(PARAM_KEYS) | TEXT, TEXT | JSON) | JSON,
+    "replies": st.lists(
+        st.fixed_dictionaries(
+            {"screen_id": TEXT, "element_id": TEXT}, optional={"value": JSON, "extra": JSON}
+        )
+        | JSON,
+        max_size=4,
+    )
+    | JSON,
+    "experiment_id": TEXT | JSON,
+    "locale": TEXT | JSON,
+    "fox_future_field": JSON,
+}
+SESSIONS = st.fixed_dictionaries(
+    {"id": st.just("ses_any"), "created_at": st.integers(0, 253402300799)}, optional=OPTIONAL
+)
+
+
+@given(SESSIONS)
+@settings(max_examples=150, deadline=None)
+def test_any_session_with_id_and_created_at_is_delivered_and_fits_the_schema(
+    document: dict[str, object],
+) -> None:
+    body = orjson.dumps(document)
+    received, session = parse_session(body, "ses_any")
+    payload = json.loads(build_payload(received, enrich(session), None, NOW))
+    VALIDATOR.validate(payload)
+    assert payload["data"]["session"] == document
 
 
 def test_schema_rejects_a_wrong_payload() -> None:
