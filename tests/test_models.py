@@ -10,6 +10,8 @@ import pytest
 
 from worker.errors import InvalidPayload
 from worker.validate import parse_session
+from workshop.faults import SHAPES
+from workshop.sessions import session_body
 
 
 def session(**changes: Any) -> dict[str, Any]:
@@ -253,3 +255,40 @@ def test_non_objects_are_invalid(body: bytes, fragment: str) -> None:
 def test_a_different_session_id_is_invalid() -> None:
     with pytest.raises(InvalidPayload, match="answered with id"):
         parse(session(id="ses_other"))
+
+
+# The simulator's body tokens (workshop/faults.py): None accepted, else the refusal's words.
+SIMULATED = {
+    "objreply": None,
+    "boolreply": None,
+    "nouseragent": None,
+    "noattributes": None,
+    "nullfields": None,
+    "bare": None,
+    "anon": None,
+    "extra": None,
+    "anon-objreply-boolreply-nouseragent": None,
+    "notobject": "JSON list",
+    "noid": "id: Field required",
+    "otherid": "answered with id",
+    "nocreatedat": "created_at: Field required",
+    "invalid": "created_at",
+    "notjson": "not JSON",
+}
+
+
+def test_every_shape_token_is_in_the_table() -> None:
+    assert set(SHAPES) <= set(SIMULATED)
+
+
+@pytest.mark.parametrize(("token", "refused"), SIMULATED.items())
+def test_simulated_bodies(token: str, refused: str | None) -> None:
+    session_id = f"ses_m-{token}"
+    body = session_body(session_id)
+    if refused is None:
+        received, model = parse_session(body, session_id)
+        assert received.raw == body
+        assert model.id == session_id
+    else:
+        with pytest.raises(InvalidPayload, match=refused):
+            parse_session(body, session_id)

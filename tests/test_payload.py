@@ -43,9 +43,20 @@ def payload_for(session_id: str, trigger: dict[str, object] | None = None) -> di
     return orjson.loads(build_payload(raw, enrich(session), trigger, NOW))  # type: ignore[no-any-return]
 
 
-@pytest.mark.parametrize(
-    "session_id", [f"ses_schema{i}" for i in range(40)] + ["ses_x-anon", "ses_y-extra"]
-)
+SHAPED = [
+    "ses_x-anon",
+    "ses_y-extra",
+    "ses_s-objreply",
+    "ses_s-boolreply",
+    "ses_s-nouseragent",
+    "ses_s-noattributes",
+    "ses_s-nullfields",
+    "ses_s-bare",
+    "ses_s-anon-objreply-boolreply",
+]
+
+
+@pytest.mark.parametrize("session_id", [f"ses_schema{i}" for i in range(40)] + SHAPED)
 def test_simulated_sessions_validate_against_the_published_schema(session_id: str) -> None:
     VALIDATOR.validate(payload_for(session_id, TRIGGER))
     VALIDATOR.validate(payload_for(session_id))
@@ -74,6 +85,36 @@ def test_session_is_delivered_whole_including_unknown_fields() -> None:
     document = make_session("ses_z-extra")
     payload = payload_for("ses_z-extra")
     assert payload["data"]["session"] == document  # type: ignore[index]
+
+
+@pytest.mark.parametrize("session_id", SHAPED)
+def test_every_shape_is_delivered_as_sent(session_id: str) -> None:
+    payload = payload_for(session_id)
+    assert payload["data"]["session"] == make_session(session_id)  # type: ignore[index]
+
+
+NULL_PARTS = {"answers": None, "utm": None, "click_ids": None, "device": None, "geo": None}
+
+
+@pytest.mark.parametrize(
+    ("session_id", "expected"),
+    [
+        ("ses_s-objreply", {"answers.height.height_picker": {"value": 180, "unit": "cm"}}),
+        ("ses_s-boolreply", {"answers.consent.terms_checkbox": True}),
+        ("ses_s-nouseragent", {"device": None}),
+        ("ses_s-noattributes", {"geo": None}),
+        ("ses_s-nullfields", {**NULL_PARTS, "locale": {"language": None, "region": None}}),
+        ("ses_s-bare", {**NULL_PARTS, "locale": {"language": None, "region": None}}),
+    ],
+)
+def test_shapes_enrich_what_they_can(session_id: str, expected: dict[str, object]) -> None:
+    enrichment = payload_for(session_id)["data"]["enrichment"]  # type: ignore[index]
+    for path, value in expected.items():
+        got = enrichment
+        for key in path.split("."):
+            got = got[key]
+        assert got == value, path
+        assert type(got) is type(value), path  # True is not 1
 
 
 def test_session_is_spliced_in_byte_for_byte() -> None:
