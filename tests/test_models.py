@@ -252,6 +252,53 @@ def test_non_objects_are_invalid(body: bytes, fragment: str) -> None:
         parse_session(body, "ses_1")
 
 
+def body_with(values: bytes) -> bytes:
+    """A session's body with ``values`` (JSON text, comma-separated) as its replies' values."""
+    replies = b",".join(
+        b'{"screen_id": "s", "element_id": "e%d", "value": %s}' % (i, value)
+        for i, value in enumerate(values.split(b", "))
+    )
+    return b'{"id": "ses_1", "created_at": 1716672462, "replies": [' + replies + b"]}"
+
+
+@pytest.mark.parametrize(
+    ("values", "expected"),
+    [
+        (b'"ab\\ud83d"', ["ab\ufffd"]),  # a lone surrogate: text cut inside an emoji
+        (b'"\\udd8a", "\\ud83e\\udd8a"', ["\ufffd", "🦊"]),  # a pair is read whole
+        (
+            b'"\\ud83d", 100000000000000000000000000000, 18446744073709551615',
+            ["\ufffd", 1e29, 2**64 - 1],
+        ),
+        (b"1e400, 7", [float("inf"), 7]),
+    ],
+    ids=["lone-high", "lone-low-and-pair", "with-big-integers", "beyond-a-double"],
+)
+def test_json_that_orjson_refuses_is_read_too(values: bytes, expected: list[Any]) -> None:
+    body = body_with(values)
+    with pytest.raises(orjson.JSONDecodeError):
+        orjson.loads(body)
+    received, model = parse_session(body, "ses_1")
+    assert received.raw == body  # delivered as sent
+    assert [reply.value for reply in model.replies] == expected
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b'{"id": "ses_1", "created_at": 1716672462, "x": NaN}',
+        b'{"id": "ses_1", "created_at": 1716672462, "x": "\\ud83d", "y": -Infinity}',
+        b'\xef\xbb\xbf{"id": "ses_1", "created_at": 1716672462}',  # a byte order mark
+        b'{"id": "ses_1", "created_at": 1716672462, "x": "\\ud83d\x01"}',  # a control character
+        b'{"id": "ses_1", "created_at": 1716672462, "x": "\xff\\ud83d"}',  # not UTF-8
+    ],
+    ids=["nan", "infinity", "bom", "control-character", "not-utf8"],
+)
+def test_what_json_does_not_allow_stays_refused(body: bytes) -> None:
+    with pytest.raises(InvalidPayload, match="not JSON"):
+        parse_session(body, "ses_1")
+
+
 def test_a_different_session_id_is_invalid() -> None:
     with pytest.raises(InvalidPayload, match="answered with id"):
         parse(session(id="ses_other"))

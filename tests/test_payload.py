@@ -129,6 +129,19 @@ def test_session_is_spliced_in_byte_for_byte() -> None:
     assert json.loads(payload)["data"]["session"]["big"] == 12345678901234567890123
 
 
+def test_a_lone_surrogate_is_delivered_as_sent() -> None:
+    """JSON orjson refuses to read: the body is still spliced in, the enrichment is mended."""
+    body = orjson.dumps(make_session("ses_cut"))[:-1] + (
+        b',"replies":[{"screen_id":"name","element_id":"name_input","value":"Zo\\ud83d"}]}'
+    )
+    received, session = parse_session(body, "ses_cut")
+    payload = build_payload(received, enrich(session), None, NOW)
+    assert b'"session":' + body + b',"enrichment":' in payload
+    data = json.loads(payload)["data"]
+    assert data["session"]["replies"][0]["value"] == "Zo\ud83d"
+    assert data["enrichment"]["answers"] == {"name": {"name_input": "Zo\ufffd"}}
+
+
 # Any JSON value orjson can write (integers within 64 bits, no NaN).
 JSON = st.recursive(
     st.none()
