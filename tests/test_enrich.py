@@ -628,6 +628,123 @@ def test_bare_minimum_session() -> None:
     )
 
 
+MISSING: Any = object()  # a field left out of the session
+
+
+def given(**fields: Any) -> Session:
+    """BASE with top-level ``fields`` replaced (MISSING: left out), validated leniently."""
+    data = {k: v for k, v in {**BASE, **fields}.items() if v is not MISSING}
+    return Session.model_validate(data)
+
+
+WHOLE = enrich(given())
+NOTHING = {"answers": None, "utm": None, "click_ids": None, "device": None, "geo": None}
+
+# given: session fields replaced or left out; expected: the whole session's enrichment with
+# these parts changed. A part is null when its source field is missing, null or unreadable.
+PARTIAL: list[Any] = [
+    *(
+        pytest.param({"user_agent": ua}, {"device": None}, id=f"user_agent-{name}")
+        for name, ua in [("missing", MISSING), ("null", None), ("number", 42), ("list", [IPHONE])]
+    ),
+    pytest.param({"user_agent": ""}, {"device": Device()}, id="user_agent-empty"),
+    *(
+        pytest.param({"attributes": value}, {"geo": None, "locale": Locale()}, id=f"attrs-{name}")
+        for name, value in [("missing", MISSING), ("null", None), ("text", "GB"), ("list", [])]
+    ),
+    pytest.param(
+        {"attributes": MISSING, "locale": "de-AT"},
+        {"geo": None, "locale": Locale(language="de", region="AT")},
+        id="attributes-missing-locale-code",
+    ),
+    pytest.param({"attributes": {}}, {"geo": Geo(), "locale": Locale()}, id="attributes-empty"),
+    pytest.param(
+        {"attributes": {"country": 826, "city": {"n": 1}, "timezone": 1, "locale_code": 3}},
+        {"geo": Geo(), "locale": Locale()},
+        id="attributes-keys-unreadable",
+    ),
+    pytest.param(
+        {"attributes": {"country": ["US", "GB"], "timezone": "America/Chicago"}},
+        {
+            "geo": Geo(
+                country_code="US",
+                country_name="United States",
+                timezone="America/Chicago",
+                utc_offset="-05:00",
+            ),
+            "locale": Locale(),
+        },
+        id="attributes-country-list",
+    ),
+    *(
+        pytest.param({"query_params": v}, {"utm": None, "click_ids": None}, id=f"params-{name}")
+        for name, v in [("missing", MISSING), ("null", None), ("text", "a=b"), ("list", [])]
+    ),
+    *(
+        pytest.param({"replies": value}, {"answers": None}, id=f"replies-{name}")
+        for name, value in [("missing", MISSING), ("null", None), ("object", {"a": 1})]
+    ),
+    pytest.param(
+        {
+            "replies": [
+                "lose_weight",
+                None,
+                {"screen_id": "goal", "value": "x"},
+                {"screen_id": "goal", "element_id": 3, "value": "x"},
+                {"screen_id": "goal", "element_id": "options"},
+                reply("goal", "consent", True),
+            ]
+        },
+        {"answers": {"goal": {"consent": True}}},
+        id="replies-unreadable-left-out",
+    ),
+    *(
+        pytest.param({field: value}, {}, id=f"{field}-{name}")
+        for field in ("query", "origin", "profile_id", "funnel_id", "experiment_id")
+        for name, value in [("missing", MISSING), ("null", None), ("number", 1)]
+    ),
+    pytest.param({"locale": MISSING}, {}, id="locale-missing"),
+    pytest.param(
+        {"locale": None, "attributes": {"locale_code": None}},
+        {"geo": Geo(), "locale": Locale()},
+        id="locale-and-locale_code-null",
+    ),
+    pytest.param(
+        {k: MISSING for k in BASE if k not in ("id", "created_at")},
+        {**NOTHING, "locale": Locale()},
+        id="only-id-and-created_at",
+    ),
+    pytest.param(
+        {k: None for k in BASE if k not in ("id", "created_at", "funnel_id")},
+        {**NOTHING, "locale": Locale()},
+        id="every-optional-field-null",
+    ),
+]
+
+
+@pytest.mark.parametrize(("fields", "changed"), PARTIAL)
+def test_missing_or_unreadable_fields_null_what_they_feed(
+    fields: dict[str, Any], changed: dict[str, Any]
+) -> None:
+    enrichment = enrich(given(**fields))
+    assert enrichment == WHOLE.model_copy(update=changed)
+    # It serializes: what the payload carries.
+    assert Enrichment.model_validate_json(enrichment.model_dump_json()) == enrichment
+
+
+@pytest.mark.parametrize(
+    "value",
+    [True, False, {"min": 18, "max": 35}, [{"a": [1, None]}, True], {}, 3.0, "3", 3, None],
+    ids=["true", "false", "object", "nested", "empty-object", "float", "digit-text", "int", "null"],
+)
+def test_answers_hold_any_value_as_sent(value: Any) -> None:
+    answers = enrich(given(replies=[reply("s", "e", value)])).answers
+    assert answers == {"s": {"e": value}}
+    assert type(answers["s"]["e"]) is type(value)  # true is not 1.0, 3.0 is not 3
+    dumped = enrich(given(replies=[reply("s", "e", value)])).model_dump(mode="json")
+    assert dumped["answers"] == {"s": {"e": value}}
+
+
 def test_unknown_fields_do_not_change_enrichment() -> None:
     with_extras = session(
         brand_new_field={"nested": [1, 2, 3]},

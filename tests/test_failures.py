@@ -7,8 +7,10 @@ with a deadline. Attempt counts come from the fakes, which record each request.
 from __future__ import annotations
 
 import itertools
+import json
 from collections.abc import Iterator
 
+import jsonschema
 import orjson
 import pytest
 import redis
@@ -23,8 +25,10 @@ from tests.processes import (
     start_worker,
     wait_until,
 )
+from worker.schema import PUBLISHED
 from workshop.funnelfox import FunnelFoxSimulator
 from workshop.receiver import DEMO_WEBHOOK_SECRET, WebhookReceiver
+from workshop.sessions import session_body
 
 pytestmark = pytest.mark.integration
 
@@ -106,6 +110,51 @@ def test_upstream_failures_end_where_they_should(
     loud = worker.output.count("FunnelFox refused FUNNELFOX_SECRET")
     assert 1 <= loud <= 2
     assert FOX_SECRET not in worker.output
+
+
+def test_real_session_shapes_are_delivered_and_only_unplaceable_ones_refused(
+    fault_env: dict[str, str],
+    worker: Process,
+    simulator: FunnelFoxSimulator,
+    receiver: WebhookReceiver,
+    redis_client: redis.Redis,
+) -> None:
+    """What FunnelFox may send is delivered as sent; only bodies without a usable id or
+    created_at are dead-lettered, at once."""
+    delivered = {  # id → (dotted path in the enrichment, expected value)
+        "ses_v-objreply": ("answers.height.height_picker", {"value": 180, "unit": "cm"}),
+        "ses_v-boolreply": ("answers.consent.terms_checkbox", True),
+        "ses_v-nouseragent": ("device", None),
+        "ses_v-noattributes": ("geo", None),
+        "ses_v-nullfields": ("answers", None),
+        "ses_v-bare": ("utm", None),
+        "ses_v-objreply-nouseragent": ("device", None),
+    }
+    dead = {
+        f"ses_v-{token}": ("validate", "invalid_payload", 1)
+        for token in ("notobject", "noid", "otherid", "nocreatedat", "invalid")
+    }
+    enqueue(fault_env, [*delivered, *dead])
+    assert wait_until(lambda: settled(receiver, redis_client, delivered, dead), 60), worker.output
+    assert wait_until(lambda: redis_client.xlen("test:enriched") == len(delivered), 10)
+
+    schema = json.loads(PUBLISHED.read_text())
+    letters = dead_letters(redis_client)
+    for session_id, (path, expected) in delivered.items():
+        (attempt,) = receiver.attempts_for(session_id)
+        assert (attempt.accepted, attempt.verified) == (True, True), session_id
+        assert session_body(session_id) in attempt.body, "data.session is the body as sent"
+        jsonschema.validate(attempt.payload, schema)
+        value = attempt.payload["data"]["enrichment"]
+        for key in path.split("."):
+            value = value[key]
+        assert (value, type(value)) == (expected, type(expected)), session_id
+        assert not any(key.endswith(f"|{session_id}") for key in letters), session_id
+    for session_id, (stage, reason, attempts) in dead.items():
+        letter = letters[f"{stage}|{session_id}"]
+        assert (letter["reason"], letter["attempts"]) == (reason, attempts), session_id
+        assert len(simulator.requests_for(session_id)) == 1, session_id
+    assert "created_at" in letters["validate|ses_v-nocreatedat"]["error"]
 
 
 def test_webhook_failures_end_where_they_should(

@@ -8,6 +8,8 @@ from datetime import UTC, datetime
 import jsonschema
 import orjson
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from worker.enrich import enrich
 from worker.payload import build_payload, payload_json_schema
@@ -27,6 +29,10 @@ TRIGGER = {
 }
 
 
+# Checked once here; jsonschema.validate() checks the schema itself again on every call.
+VALIDATOR = jsonschema.Draft202012Validator(json.loads(PUBLISHED.read_text()))
+
+
 def test_published_schema_is_current() -> None:
     assert PUBLISHED.read_text() == render(), "run: python -m worker.schema > " + str(PUBLISHED)
 
@@ -37,13 +43,23 @@ def payload_for(session_id: str, trigger: dict[str, object] | None = None) -> di
     return orjson.loads(build_payload(raw, enrich(session), trigger, NOW))  # type: ignore[no-any-return]
 
 
-@pytest.mark.parametrize(
-    "session_id", [f"ses_schema{i}" for i in range(40)] + ["ses_x-anon", "ses_y-extra"]
-)
+SHAPED = [
+    "ses_x-anon",
+    "ses_y-extra",
+    "ses_s-objreply",
+    "ses_s-boolreply",
+    "ses_s-nouseragent",
+    "ses_s-noattributes",
+    "ses_s-nullfields",
+    "ses_s-bare",
+    "ses_s-anon-objreply-boolreply",
+]
+
+
+@pytest.mark.parametrize("session_id", [f"ses_schema{i}" for i in range(40)] + SHAPED)
 def test_simulated_sessions_validate_against_the_published_schema(session_id: str) -> None:
-    schema = json.loads(PUBLISHED.read_text())
-    jsonschema.validate(payload_for(session_id, TRIGGER), schema)
-    jsonschema.validate(payload_for(session_id), schema)
+    VALIDATOR.validate(payload_for(session_id, TRIGGER))
+    VALIDATOR.validate(payload_for(session_id))
 
 
 def test_shape() -> None:
@@ -69,6 +85,116 @@ def test_session_is_delivered_whole_including_unknown_fields() -> None:
     document = make_session("ses_z-extra")
     payload = payload_for("ses_z-extra")
     assert payload["data"]["session"] == document  # type: ignore[index]
+
+
+@pytest.mark.parametrize("session_id", SHAPED)
+def test_every_shape_is_delivered_as_sent(session_id: str) -> None:
+    payload = payload_for(session_id)
+    assert payload["data"]["session"] == make_session(session_id)  # type: ignore[index]
+
+
+NULL_PARTS = {"answers": None, "utm": None, "click_ids": None, "device": None, "geo": None}
+
+
+@pytest.mark.parametrize(
+    ("session_id", "expected"),
+    [
+        ("ses_s-objreply", {"answers.height.height_picker": {"value": 180, "unit": "cm"}}),
+        ("ses_s-boolreply", {"answers.consent.terms_checkbox": True}),
+        ("ses_s-nouseragent", {"device": None}),
+        ("ses_s-noattributes", {"geo": None}),
+        ("ses_s-nullfields", {**NULL_PARTS, "locale": {"language": None, "region": None}}),
+        ("ses_s-bare", {**NULL_PARTS, "locale": {"language": None, "region": None}}),
+    ],
+)
+def test_shapes_enrich_what_they_can(session_id: str, expected: dict[str, object]) -> None:
+    enrichment = payload_for(session_id)["data"]["enrichment"]  # type: ignore[index]
+    for path, value in expected.items():
+        got = enrichment
+        for key in path.split("."):
+            got = got[key]
+        assert got == value, path
+        assert type(got) is type(value), path  # True is not 1
+
+
+def test_session_is_spliced_in_byte_for_byte() -> None:
+    """Parsing and serializing again would change values: a 20-digit integer became a float."""
+    body = orjson.dumps(make_session("ses_exact"))[:-1] + (
+        b',\n "big": 12345678901234567890123, "sci": 1E2,'
+        b' "float": 0.1000000000000000055511, "emoji": "\\ud83e\\udd8a"}'
+    )
+    received, session = parse_session(body, "ses_exact")
+    payload = build_payload(received, enrich(session), None, NOW)
+    assert b'"session":' + body + b',"enrichment":' in payload
+    assert json.loads(payload)["data"]["session"]["big"] == 12345678901234567890123
+
+
+def test_a_lone_surrogate_is_delivered_as_sent() -> None:
+    """JSON orjson refuses to read: the body is still spliced in, the enrichment is mended."""
+    body = orjson.dumps(make_session("ses_cut"))[:-1] + (
+        b',"replies":[{"screen_id":"name","element_id":"name_input","value":"Zo\\ud83d"}]}'
+    )
+    received, session = parse_session(body, "ses_cut")
+    payload = build_payload(received, enrich(session), None, NOW)
+    assert b'"session":' + body + b',"enrichment":' in payload
+    data = json.loads(payload)["data"]
+    assert data["session"]["replies"][0]["value"] == "Zo\ud83d"
+    assert data["enrichment"]["answers"] == {"name": {"name_input": "Zo\ufffd"}}
+
+
+# Any JSON value orjson can write (integers within 64 bits, no NaN).
+JSON = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers(-(2**63), 2**63 - 1)
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(max_size=12),
+    lambda inner: (
+        st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner, max_size=3)
+    ),
+    max_leaves=8,
+)
+ATTRIBUTE_KEYS = ("city", "country", "ip", "postal_code", "region_code", "locale_code", "timezone")
+PARAM_KEYS = ("utm_source", "utm_medium", "utm_term", "fbclid", "gclid", "ScCid")
+TEXT = st.text(max_size=40)
+# Each field missing, shaped as FunnelFox documents it (with odd values inside), or anything.
+OPTIONAL = {
+    "funnel_id": TEXT | JSON,
+    "profile_id": TEXT | JSON,
+    "origin": TEXT | JSON,
+    "user_agent": st.sampled_from([make_session(f"ses_ua{i}")["user_agent"] for i in range(9)])
+    | TEXT
+    | JSON,
+    "attributes": st.dictionaries(st.sampled_from(ATTRIBUTE_KEYS) | TEXT, TEXT | JSON) | JSON,
+    "query": TEXT | JSON,
+    "query_params": st.dictionaries(st.sampled_from(PARAM_KEYS) | TEXT, TEXT | JSON) | JSON,
+    "replies": st.lists(
+        st.fixed_dictionaries(
+            {"screen_id": TEXT, "element_id": TEXT}, optional={"value": JSON, "extra": JSON}
+        )
+        | JSON,
+        max_size=4,
+    )
+    | JSON,
+    "experiment_id": TEXT | JSON,
+    "locale": TEXT | JSON,
+    "fox_future_field": JSON,
+}
+SESSIONS = st.fixed_dictionaries(
+    {"id": st.just("ses_any"), "created_at": st.integers(0, 253402300799)}, optional=OPTIONAL
+)
+
+
+@given(SESSIONS)
+@settings(max_examples=150, deadline=None)
+def test_any_session_with_id_and_created_at_is_delivered_and_fits_the_schema(
+    document: dict[str, object],
+) -> None:
+    body = orjson.dumps(document)
+    received, session = parse_session(body, "ses_any")
+    payload = json.loads(build_payload(received, enrich(session), None, NOW))
+    VALIDATOR.validate(payload)
+    assert payload["data"]["session"] == document
 
 
 def test_schema_rejects_a_wrong_payload() -> None:

@@ -1,7 +1,8 @@
 """Enrichment: what a validated session says about its visit, as plain data.
 
 Pure functions: no I/O, no settings, no clock. Times are the session's own ``created_at``.
-Every text that is empty or absent becomes None.
+Every text that is empty or absent becomes None; a part whose session field is missing, null
+or unreadable (``answers``, ``utm``, ``click_ids``, ``device``, ``geo``) is None as a whole.
 """
 
 from __future__ import annotations
@@ -110,13 +111,16 @@ class Enrichment(_Frozen):
     """Everything derived from one session."""
 
     created_at: str = Field(description="RFC 3339 UTC, e.g. 2024-05-25T21:27:42Z")
-    answers: dict[str, dict[str, ReplyValue]] = Field(
-        description="{screen_id: {element_id: value}}; a repeated element keeps its last value"
+    answers: dict[str, dict[str, ReplyValue]] | None = Field(
+        description="{screen_id: {element_id: value}}, each value as sent; a repeated element"
+        " keeps its last value; null when the session has no list of replies"
     )
-    utm: Utm
-    click_ids: dict[str, str]
-    device: Device
-    geo: Geo
+    utm: Utm | None = Field(description="null when the session has no query_params object")
+    click_ids: dict[str, str] | None = Field(
+        description="null when the session has no query_params object"
+    )
+    device: Device | None = Field(description="null when the session has no user_agent string")
+    geo: Geo | None = Field(description="null when the session has no attributes object")
     locale: Locale
 
 
@@ -136,11 +140,15 @@ def rfc3339_utc(unix: int) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(unix))
 
 
-def answers_of(replies: Iterable[Reply]) -> dict[str, dict[str, ReplyValue]]:
-    """Group replies by screen then element, in order; a repeated element keeps its last value."""
+def answers_of(replies: Iterable[Reply | None]) -> dict[str, dict[str, ReplyValue]]:
+    """Group replies by screen then element, in order; a repeated element keeps its last value.
+
+    Unreadable replies (None) are left out.
+    """
     answers: dict[str, dict[str, ReplyValue]] = {}
     for reply in replies:
-        answers.setdefault(reply.screen_id, {})[reply.element_id] = reply.value
+        if reply is not None:
+            answers.setdefault(reply.screen_id, {})[reply.element_id] = reply.value
     return answers
 
 
@@ -207,9 +215,11 @@ def utc_offset_at(tz: str, unix: int) -> str | None:
     return f"{sign}{hours:02d}:{minutes:02d}"
 
 
-def geo_of(session: Session) -> Geo:
-    """Read the session's location attributes; the offset is the zone's at created_at."""
+def geo_of(session: Session) -> Geo | None:
+    """Read the session's location attributes (None without them); the offset is at created_at."""
     attributes = session.attributes
+    if attributes is None:
+        return None
     code = text_of(attributes.country)
     country_code, name = _country(code) if code else (None, None)
     timezone = text_of(attributes.timezone)
@@ -235,7 +245,8 @@ def parse_locale(value: str | None) -> Locale | None:
 
 def locale_of(session: Session) -> Locale:
     """The attributes' locale_code, else the session's locale when it is a code."""
-    for value in (session.attributes.locale_code, session.locale):
+    attributes = session.attributes
+    for value in (attributes.locale_code if attributes else None, session.locale):
         if (locale := parse_locale(value)) is not None:
             return locale
     return Locale()
@@ -243,12 +254,13 @@ def locale_of(session: Session) -> Locale:
 
 def enrich(session: Session) -> Enrichment:
     """Derive the Enrichment of one validated session."""
+    replies, params, ua = session.replies, session.query_params, session.user_agent
     return Enrichment(
         created_at=rfc3339_utc(session.created_at),
-        answers=answers_of(session.replies),
-        utm=utm_of(session.query_params),
-        click_ids=click_ids_of(session.query_params),
-        device=parse_device(session.user_agent),
+        answers=None if replies is None else answers_of(replies),
+        utm=None if params is None else utm_of(params),
+        click_ids=None if params is None else click_ids_of(params),
+        device=None if ua is None else parse_device(ua),
         geo=geo_of(session),
         locale=locale_of(session),
     )

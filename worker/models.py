@@ -1,20 +1,82 @@
-"""The FunnelFox session as its Public API returns it, validated but never narrowed.
+"""The FunnelFox session as its Public API returns it, read leniently, never narrowed.
 
-Follows ``get-session.openapi.yaml`` plus what FunnelFox's docs say beyond it: multi-select
-replies hold lists, anonymized sessions have empty fields, and fields we do not know yet are
-kept (``extra="allow"``) so the delivered ``data.session`` is the whole session.
+Validation protects the enrichment; it does not police FunnelFox. A session is refused only
+when it cannot be told apart or placed in time: its ``id`` and ``created_at`` are required.
+Every other field may be missing, null or of a form the spec does not name: the model holds
+None for it (a reply that cannot be read is None in its place), the enrichment leaves what it
+would derive from it null, and ``data.session`` still carries the body as sent. Fields we do
+not know yet are kept (``extra="allow"``). See ``get-session.openapi.yaml`` and FACTS.md.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from dataclasses import dataclass
+from typing import Annotated, Any, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    GetCoreSchemaHandler,
+    GetJsonSchemaHandler,
+    JsonValue,
+    SkipValidation,
+    StrictInt,
+    StrictStr,
+)
+from pydantic.json_schema import JsonSchemaValue
+from pydantic_core import CoreSchema, core_schema
 
-# A reply is what the user entered: text, a number, a YYYY-MM-DD date, or the list of
-# choices of a multi-select question. StrictInt keeps "3" and 3 apart; bool is refused
-# by StrictInt, which is right: FunnelFox never sends booleans as replies.
-ReplyValue = StrictStr | StrictInt | float | list[StrictStr | StrictInt] | None
+T = TypeVar("T")
+
+# A reply is what the user entered: text, a number, a YYYY-MM-DD date, the list of choices
+# of a multi-select question, and whatever widgets and future element types send (booleans,
+# objects). It is carried exactly as sent: 3 and "3" stay apart, true stays true. Not checked
+# again: it comes from a JSON parser, and checking cost a quarter of the session's validation.
+ReplyValue = Annotated[JsonValue, SkipValidation]
+
+
+def _unreadable(_: Any) -> None:
+    return None
+
+
+class _OrNone:
+    """Validation: the value when it has the field's type, else None (never an error).
+
+    JSON Schema: the field's usual form, or any other value.
+    """
+
+    def __get_pydantic_core_schema__(
+        self, source: Any, handler: GetCoreSchemaHandler
+    ) -> CoreSchema:
+        # A union tried in order, in Rust: the Python fallback runs only for odd values.
+        return core_schema.union_schema(
+            [handler(source), core_schema.no_info_plain_validator_function(_unreadable)],
+            mode="left_to_right",
+        )
+
+    def __get_pydantic_json_schema__(
+        self, schema: CoreSchema, handler: GetJsonSchemaHandler
+    ) -> JsonSchemaValue:
+        assert schema["type"] == "union"  # built just above
+        usual = handler(schema["choices"][0])
+        forms = usual["anyOf"] if list(usual) == ["anyOf"] else [usual]
+        other = {"description": "any other value: delivered as sent, ignored by the enrichment"}
+        return {"anyOf": [*forms, other]}
+
+
+Lenient = Annotated[T | None, _OrNone()]
+"""A field read when it has its documented type, else None; it never fails validation."""
+
+
+@dataclass(frozen=True, slots=True)
+class SessionBody:
+    """A Get Session body as FunnelFox sent it: the bytes, and the JSON object they hold."""
+
+    # Delivered as they are: parsing and serializing again would turn an integer beyond
+    # 64 bits into a float and rewrite numbers ("1E2" as 100.0).
+    raw: bytes
+    document: dict[str, Any]
 
 
 class _Kept(BaseModel):
@@ -24,41 +86,43 @@ class _Kept(BaseModel):
 
 
 class Reply(_Kept):
-    """One answer: the element of a screen and its value."""
+    """One answer: the element of a screen and its value (any JSON value, null included)."""
 
     screen_id: StrictStr
     element_id: StrictStr
-    value: ReplyValue
+    value: ReplyValue = Field(description="any JSON value, as the user's element sent it")
 
 
 class Attributes(_Kept):
     """What FunnelFox knows about where and how the session ran; any field may be absent."""
 
-    city: str | None = None
+    city: Lenient[str] = None
     # The spec types it as a string but its example shows a list; FACTS.md: a string in
-    # practice. Both are accepted so the example's form never costs a session.
-    country: str | list[str] | None = None
-    ip: str | None = None
-    postal_code: str | None = None
-    region_code: str | None = None
-    locale_code: str | None = None
-    timezone: str | None = None
+    # practice. Both are read so the example's form never costs a session its country.
+    country: Lenient[str | list[str]] = None
+    ip: Lenient[str] = None
+    postal_code: Lenient[str] = None
+    region_code: Lenient[str] = None
+    locale_code: Lenient[str] = None
+    timezone: Lenient[str] = None
 
 
 class Session(_Kept):
-    """A funnel session (``GET /sessions/{id}``)."""
+    """A funnel session (``GET /sessions/{id}``): ``id`` and ``created_at`` are all it needs."""
 
     id: StrictStr = Field(min_length=1)
-    funnel_id: StrictStr
-    profile_id: StrictStr
     # Capped at 9999-12-31: a millisecond timestamp sent by mistake is invalid, not year 56369.
     created_at: StrictInt = Field(ge=0, le=253402300799, description="Unix seconds")
-    origin: StrictStr
-    user_agent: StrictStr
-    attributes: Attributes
-    # FACTS.md: string to string in practice; kept loose so an odd value never costs a session.
-    query_params: dict[str, Any]
-    replies: list[Reply]
-    query: str | None = None
-    experiment_id: str | None = None
-    locale: str | None = None
+    funnel_id: Lenient[StrictStr] = None
+    profile_id: Lenient[StrictStr] = None
+    origin: Lenient[StrictStr] = None
+    user_agent: Lenient[StrictStr] = None
+    attributes: Lenient[Attributes] = None
+    # FACTS.md: string to string in practice; values are read loosely by the enrichment.
+    query_params: Lenient[dict[str, Any]] = None
+    # An unreadable reply (not an object, no string screen_id or element_id, no value) is
+    # None in its place, so indexes still match data.session's replies.
+    replies: Lenient[list[Lenient[Reply]]] = None
+    query: Lenient[str] = None
+    experiment_id: Lenient[str] = None
+    locale: Lenient[str] = None

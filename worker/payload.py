@@ -9,7 +9,7 @@ import orjson
 from pydantic import BaseModel, ConfigDict
 
 from worker.enrich import Enrichment
-from worker.models import Session
+from worker.models import Session, SessionBody
 from worker.trigger import Trigger
 
 EVENT_TYPE = "session.enriched"
@@ -45,21 +45,21 @@ def rfc3339(moment: datetime) -> str:
 
 
 def build_payload(
-    raw_session: dict[str, Any],
+    session: SessionBody,
     enrichment: Enrichment,
     trigger: dict[str, Any] | None,
     now: datetime,
 ) -> bytes:
     """Serialize the payload once; every sink and every retry sends these same bytes.
 
-    ``raw_session`` is the body FunnelFox sent, already validated: sent as received so fields
-    this project does not know yet reach the user untouched.
+    ``data.session`` is the body FunnelFox sent, already validated, spliced in byte for byte:
+    fields this project does not know yet, and every value, reach the user untouched.
     """
     document = {
         "type": EVENT_TYPE,
         "timestamp": rfc3339(now),
         "data": {
-            "session": raw_session,
+            "session": orjson.Fragment(session.raw),
             "enrichment": enrichment.model_dump(mode="json"),
             "trigger": trigger,
         },

@@ -43,12 +43,13 @@ def describe(attempt: Attempt) -> str:
     """One line per arrival: who, signature, and the headline of the enrichment."""
     payload: Any = attempt.payload or {}
     enrichment = payload.get("data", {}).get("enrichment", {})
+    # A part is null when the session lacked what it is read from (no user_agent, ...).
     device, geo, utm = (
-        enrichment.get("device", {}),
-        enrichment.get("geo", {}),
-        enrichment.get("utm", {}),
+        enrichment.get("device") or {},
+        enrichment.get("geo") or {},
+        enrichment.get("utm") or {},
     )
-    answers = sum(len(v) for v in enrichment.get("answers", {}).values())
+    answers = sum(len(v) for v in (enrichment.get("answers") or {}).values())
     return (
         f"  <- {attempt.session_id:<28} {'signature ok' if attempt.verified else 'BAD SIGNATURE'}"
         f" | {device.get('type')}, {device.get('os')} {device.get('os_version') or ''}".rstrip()

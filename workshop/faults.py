@@ -11,9 +11,22 @@ FunnelFox simulator (``GET /sessions/{id}``):
     drop[x{n}]       close the connection without answering
     slow{ms}[x{n}]   wait {ms} before answering
     notjson          200 with a body that is not JSON
-    invalid          200 with JSON that fails validation
+    invalid          200 with JSON that fails validation (created_at is not a number)
     anon             the session looks anonymized (empty ip, user agent, replies, postal code)
     extra            the session carries unknown fields a consumer must keep
+  Body shapes FunnelFox may send, all to be delivered (workshop/sessions.py builds them):
+    objreply         one more reply whose value is an object (a widget's)
+    boolreply        one more reply whose value is a boolean (a checkbox)
+    nouseragent      no user_agent field
+    noattributes     no attributes field
+    nullfields       attributes, user_agent, query, query_params, replies, origin, profile_id,
+                     experiment_id and locale all null
+    bare             only id and created_at
+  Bodies to be refused (invalid_payload), besides notjson and invalid:
+    notobject        a JSON array holding the session
+    noid             no id field
+    otherid          another session's id
+    nocreatedat      no created_at field
 
 Webhook receiver (directives from the delivered ``data.session.id``):
     h{code}[x{n}], hra{secs}, hrad{secs}, hslow{ms}[x{n}], hdrop[x{n}]   as above
@@ -32,6 +45,19 @@ from functools import lru_cache
 _TIMES = r"(?:x(\d+))?"
 _PAGE_ERROR = re.compile(r"pageerr" + _TIMES)
 _FLAGS = frozenset({"notjson", "invalid", "anon", "extra"})
+SHAPES: tuple[str, ...] = (
+    "objreply",
+    "boolreply",
+    "nouseragent",
+    "noattributes",
+    "nullfields",
+    "bare",
+    "notobject",
+    "noid",
+    "otherid",
+    "nocreatedat",
+)
+"""Body-shape tokens, in the order they are applied."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,6 +105,7 @@ class Faults:
     invalid: bool = False
     anon: bool = False
     extra: bool = False
+    shapes: tuple[str, ...] = ()  # among SHAPES, in SHAPES order
 
 
 _NO_FAULTS = Faults()
@@ -149,6 +176,7 @@ def parse_faults(session_id: str) -> Faults:
         invalid="invalid" in flags,
         anon="anon" in flags,
         extra="extra" in flags,
+        shapes=tuple(shape for shape in SHAPES if shape in tokens),
     )
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import random
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import lru_cache
@@ -13,7 +13,7 @@ from urllib.parse import quote, urlencode
 
 import orjson
 
-from workshop.faults import parse_faults
+from workshop.faults import SHAPES, parse_faults
 
 # A fixed "now" (2026-01-01T00:00:00Z) keeps every run byte-for-byte identical.
 EPOCH = 1_767_225_600
@@ -389,11 +389,53 @@ def make_session(
         }
         attributes["fox_asn"] = 64_496
         attributes["fox_connection"] = {"type": "cellular", "carrier": "Vodafone"}
+    for shape in faults.shapes:
+        if shape in _SHAPED:  # all but notobject: session_body's, as this returns an object
+            session = _SHAPED[shape](session)
     return session
 
 
+# Fields FunnelFox documents that the enrichment can do without (the ``nullfields`` token).
+OPTIONAL_FIELDS = (
+    "attributes",
+    "user_agent",
+    "query",
+    "query_params",
+    "replies",
+    "origin",
+    "profile_id",
+    "experiment_id",
+    "locale",
+)
+
+
+def _with_reply(reply: dict[str, Any]) -> Callable[[dict[str, Any]], dict[str, Any]]:
+    return lambda session: {**session, "replies": [*session["replies"], reply]}
+
+
+def _without(key: str) -> Callable[[dict[str, Any]], dict[str, Any]]:
+    return lambda session: {k: v for k, v in session.items() if k != key}
+
+
+# The body shapes named in workshop/faults.py (SHAPES), each a session → a new session;
+# notobject is session_body's.
+_SHAPED: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {
+    "objreply": _with_reply(_reply("height", "height_picker", {"value": 180, "unit": "cm"})),
+    "boolreply": _with_reply(_reply("consent", "terms_checkbox", True)),
+    "nouseragent": _without("user_agent"),
+    "noattributes": _without("attributes"),
+    "nullfields": lambda session: {**session, **dict.fromkeys(OPTIONAL_FIELDS)},
+    "bare": lambda session: {"id": session["id"], "created_at": session["created_at"]},
+    "noid": _without("id"),
+    "otherid": lambda session: {**session, "id": "ses_00000000000000000000000000"},
+    "nocreatedat": _without("created_at"),
+}
+assert set(SHAPES) - set(_SHAPED) == {"notobject"}, "every other shape has a builder"
+
+
 def _invalid_body(session_id: str) -> bytes:
-    # Shaped like a session but breaks the contract: created_at not a number, replies missing.
+    # Shaped like a session but breaks the contract: created_at not a number (replies missing
+    # too, which alone would be accepted).
     session = make_session(session_id)
     session["created_at"] = "yesterday"
     del session["replies"]
@@ -402,13 +444,14 @@ def _invalid_body(session_id: str) -> bytes:
 
 @lru_cache(maxsize=100_000)
 def session_body(session_id: str, funnel_id: str | None = None, index: int = 0) -> bytes:
-    """The rendered Get Session 200 body, honouring ``notjson`` and ``invalid``."""
+    """The rendered Get Session 200 body, honouring ``notjson``, ``invalid`` and ``notobject``."""
     faults = parse_faults(session_id)
     if faults.not_json:
         return b"<html><body><h1>502 Bad Gateway</h1></body></html>"
     if faults.invalid:
         return _invalid_body(session_id)
-    return orjson.dumps(make_session(session_id, funnel_id=funnel_id, index=index))
+    session = make_session(session_id, funnel_id=funnel_id, index=index)
+    return orjson.dumps([session] if "notobject" in faults.shapes else session)
 
 
 def rfc3339(unix_s: int) -> str:

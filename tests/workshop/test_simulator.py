@@ -16,10 +16,10 @@ import orjson
 import pytest
 from standardwebhooks.webhooks import Webhook
 
-from workshop.faults import RetryAfter, Window, parse_faults, parse_funnel_faults
+from workshop.faults import SHAPES, RetryAfter, Window, parse_faults, parse_funnel_faults
 from workshop.funnelfox import FunnelFoxSimulator
 from workshop.receiver import DEMO_WEBHOOK_SECRET, WebhookReceiver
-from workshop.sessions import EPOCH, make_session, session_body
+from workshop.sessions import EPOCH, OPTIONAL_FIELDS, make_session, session_body
 
 SECRET = "secret_sim_test"
 FUNNEL = "FUNNEL0000000000000000000A"
@@ -165,6 +165,10 @@ def test_directives_parse() -> None:
     assert not parse_faults("ses_x-unknown-s12-hx").api.active
     assert parse_funnel_faults("F-repeatcursor").repeat_cursor
     assert parse_funnel_faults("F-pageerrx3").page_error == Window(503, 3)
+    # Body shapes, in SHAPES order whatever the id's order; other tokens do not count.
+    assert parse_faults("ses_x-bare-s500x1-objreply").shapes == ("objreply", "bare")
+    assert parse_faults("ses_x-nullfieldsx2-bareness").shapes == ()
+    assert parse_faults("ses_plain").shapes == ()
 
 
 # -- Get Session ---------------------------------------------------------------------------------
@@ -235,6 +239,39 @@ def test_notjson_and_invalid_bodies(api: httpx.Client) -> None:
     invalid = api.get("/sessions/ses_i-invalid").json()
     assert isinstance(invalid["created_at"], str)
     assert "replies" not in invalid
+
+
+def _replies_end_with(value: object) -> Any:
+    return lambda body: body["replies"][-1]["value"] == value and len(body["replies"]) > 1
+
+
+# token → what the served body shows (the rest of the session is as usual)
+SHAPE_CHECKS: dict[str, Any] = {
+    "objreply": _replies_end_with({"value": 180, "unit": "cm"}),
+    "boolreply": _replies_end_with(True),
+    "nouseragent": lambda body: "user_agent" not in body and "attributes" in body,
+    "noattributes": lambda body: "attributes" not in body and "user_agent" in body,
+    "nullfields": lambda body: (
+        all(body[k] is None for k in OPTIONAL_FIELDS) and isinstance(body["funnel_id"], str)
+    ),
+    "bare": lambda body: set(body) == {"id", "created_at"},
+    "notobject": lambda body: isinstance(body, list) and body[0]["id"] == "ses_b-notobject",
+    "noid": lambda body: "id" not in body and "created_at" in body,
+    "otherid": lambda body: body["id"] != "ses_b-otherid",
+    "nocreatedat": lambda body: "created_at" not in body and body["id"] == "ses_b-nocreatedat",
+}
+
+
+def test_every_shape_has_a_check() -> None:
+    assert set(SHAPE_CHECKS) == set(SHAPES)
+
+
+@pytest.mark.parametrize(("token", "check"), SHAPE_CHECKS.items())
+def test_body_shapes_are_served(api: httpx.Client, token: str, check: Any) -> None:
+    response = api.get(f"/sessions/ses_b-{token}")
+    assert response.status_code == 200
+    assert response.content == session_body(f"ses_b-{token}")
+    assert check(response.json())
 
 
 def test_control_api(api: httpx.Client, fox: FunnelFoxSimulator) -> None:
