@@ -115,3 +115,39 @@ def test_known_transport_errors_are_still_translated(redis_url: str) -> None:
     client = redis.Redis.from_url(redis_url)
     assert client.hlen("ffe:dlq") == 0
     client.close()
+
+
+def test_one_session_whose_enrichment_raises_fails_alone_in_a_batch_of_100(
+    redis_url: str, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    import worker.pipeline
+
+    real_enrich = worker.pipeline.enrich
+
+    def enrich(session):  # type: ignore[no-untyped-def]
+        if session.id == "ses_b050":
+            raise ZeroDivisionError("an injected bug in the enrichment")
+        return real_enrich(session)
+
+    monkeypatch.setattr(worker.pipeline, "enrich", enrich)
+    batch = [Work(f"ses_b{n:03d}") for n in range(100)]
+    sinks = [RecordingSinkAll("webhook")]
+
+    result = run(redis_url, lambda p: p.fetch(batch), sinks)
+
+    assert len(result.done) == 99
+    assert "ses_b050" not in result.done
+    assert sorted(w.session_id for w in result.deliveries["webhook"]) == sorted(result.done)
+    while not result.dead:
+        [(work, _delay)] = result.retries
+        assert work.session_id == "ses_b050"
+        result = run(redis_url, lambda p: p.fetch([work]), sinks)  # noqa: B023 - run at once
+    [letter] = result.dead
+    assert (letter.session_id, letter.stage, letter.reason) == (
+        "ses_b050",
+        "enrich",
+        "internal_error",
+    )
+    assert any(
+        r.levelno == logging.ERROR and r.getMessage() == "internal error" for r in caplog.records
+    )
