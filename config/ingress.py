@@ -51,6 +51,7 @@ class IngressConfig:
     log_format: str = Settings.model_fields["log_format"].default
     log_level: str = Settings.model_fields["log_level"].default
     log_client_ips: bool = Settings.model_fields["log_client_ips"].default
+    reconcile_after_s: int = Settings.model_fields["reconcile_after_s"].default
 
 
 def _split(value: str) -> list[str]:
@@ -81,6 +82,7 @@ def load_config() -> IngressConfig:
         log_format=common.log_format,
         log_level=common.log_level,
         log_client_ips=common.log_client_ips,
+        reconcile_after_s=common.reconcile_after_s,
     )
 
 

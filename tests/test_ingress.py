@@ -203,6 +203,29 @@ def test_a_duplicate_is_acknowledged_and_queued_once(
     assert config.dedupe_ttl_s - 60 < ttl <= config.dedupe_ttl_s
 
 
+def test_a_redelivered_event_whose_session_the_ledger_lost_is_published_again(
+    client: httpx.Client, redis_client: redis.Redis
+) -> None:
+    first = client.post(WEBHOOK, json=event(), headers=AUTH)
+    assert first.status_code == 202
+    session_id = event()["session_id"]
+    redis_client.delete(f"ffe:ledger:{session_id}")  # Redis lost it (or never had it)
+
+    again = client.post(WEBHOOK, json=event(), headers=AUTH)
+
+    assert again.status_code == 202
+    assert again.json()["status"] == "enqueued"
+    assert len(queued(redis_client)) == 2
+    assert redis_client.hget(f"ffe:ledger:{session_id}", "st") == b"queued"
+    # In flight (recent progress) or finished: a duplicate as before.
+    assert client.post(WEBHOOK, json=event(), headers=AUTH).json()["status"] == "duplicate"
+    redis_client.zadd("ffe:ledger:idle", {session_id: time.time() - 3600})  # stalled an hour
+    assert client.post(WEBHOOK, json=event(), headers=AUTH).status_code == 202
+    redis_client.hset(f"ffe:ledger:{session_id}", "st", "delivered")
+    assert client.post(WEBHOOK, json=event(), headers=AUTH).json()["status"] == "duplicate"
+    assert len(queued(redis_client)) == 3
+
+
 def test_concurrent_duplicates_are_queued_once(
     client: httpx.Client, redis_client: redis.Redis
 ) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hmac
 import logging
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -32,6 +33,8 @@ from worker.ingress.body import BadContentLength, BodyTooLarge, read_limited
 from worker.ingress.events import Event, problems
 from worker.ingress.markers import Claim, EventMarkers
 from worker.ingress.openapi import openapi_document
+from worker.keys import LEDGER_IDLE, ledger_key
+from worker.ledger import UNFINISHED
 from worker.metrics import render as render_metrics
 from worker.producer import POOL_SIZE, Producer, Publisher
 from worker.redis_clients import async_fail_fast_client, sync_client
@@ -216,7 +219,7 @@ class Ingress:
                 extra=context,
             )
             return self._unavailable()
-        if claim is Claim.DUPLICATE:
+        if claim is Claim.DUPLICATE and not await self._lost(session_id):
             log.info("event %s is a duplicate; acknowledged", event.id, extra=context)
             return JSONResponse({"status": "duplicate", "session_id": session_id, **ids})
         if claim is Claim.IN_PROGRESS:
@@ -257,6 +260,26 @@ class Ingress:
         return JSONResponse(
             {"status": "enqueued", "session_id": session_id, **ids}, status_code=202
         )
+
+    async def _lost(self, session_id: str) -> bool:
+        """Whether a session whose event was already enqueued needs publishing again.
+
+        FunnelFox redelivers an event when it did not hear back; if the ledger has no entry
+        for the session (Redis lost it) or holds it unfinished with no progress for
+        RECONCILE_AFTER_S, publishing it again is right, and harmless if it was not lost.
+        """
+        client = self._markers_redis()
+        try:
+            async with client.pipeline(transaction=False) as pipe:
+                pipe.hget(ledger_key(session_id), "st")
+                pipe.zscore(LEDGER_IDLE, session_id)
+                state, expected_by = await pipe.execute()
+        except Exception:
+            return False  # the duplicate answer stands; the reconciler still watches it
+        if state is None:
+            return True
+        overdue = time.time() - self.config.reconcile_after_s
+        return state.decode() in UNFINISHED and expected_by is not None and expected_by < overdue
 
     def _publish(self, session_id: str, trigger: dict[str, Any]) -> None:
         assert self._publisher is not None, "set in lifespan"
