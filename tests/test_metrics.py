@@ -55,7 +55,7 @@ def test_batches_from_several_workers_add_up(redis_url: str, redis_client: redis
     assert buckets[(("le", "+Inf"),)] == 5
     assert found["funnelfox_fetch_duration_seconds_sum"][()] == 3 * 0.02 + 2 * 7.0
     assert found["funnelfox_queue_depth"][(("queue", "enrich"),)] == 2
-    assert found["funnelfox_dead_letters"][()] == 1
+    assert found["funnelfox_dead_letters_stored"][()] == 1
 
 
 def test_an_empty_batch_writes_nothing(redis_url: str, redis_client: redis.Redis) -> None:

@@ -115,7 +115,8 @@ class FleetCollector(Collector):
             value=self._client.hlen("unacked"),
         )
         yield GaugeMetricFamily(
-            "funnelfox_dead_letters",
+            # Not funnelfox_dead_letters: that name is the family of funnelfox_dead_letters_total.
+            "funnelfox_dead_letters_stored",
             "Records in the dead-letter store",
             value=self._client.hlen(f"{PREFIX}dlq"),
         )
