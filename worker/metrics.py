@@ -35,7 +35,10 @@ COUNTERS = {
     "sessions_delivered": ("Sessions delivered, per sink", ("sink",)),
     "sessions_skipped": ("Sessions not delivered again: already delivered", ("stage",)),
     "dead_letters": ("Sessions dead-lettered, per stage and reason", ("stage", "reason")),
-    "retries": ("Attempts scheduled again, per stage and the failure's reason", ("stage", "reason")),
+    "retries": (
+        "Attempts scheduled again, per stage and the failure's reason",
+        ("stage", "reason"),
+    ),
 }
 HISTOGRAMS = {
     "fetch_duration_seconds": ("Time of one GET /sessions/{id}", ()),
