@@ -105,9 +105,12 @@ class Prometheus:
             stderr=subprocess.STDOUT,
         )
         self._client = httpx.Client(base_url=self.url, timeout=10)
-        if not self._wait(self._ready, 60):
+        try:
+            if not self._wait(self._ready, 60):
+                raise RuntimeError(f"prometheus did not start:\n{self.log}")
+        except BaseException:
             self.close()
-            raise RuntimeError(f"prometheus did not start:\n{self.log}")
+            raise
 
     @staticmethod
     def _config(targets: Mapping[str, list[str]], interval_s: float) -> dict[str, Any]:
