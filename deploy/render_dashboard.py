@@ -109,8 +109,8 @@ def session_ids(rng: random.Random, minute: float) -> str:
     roll = rng.random()
     if 2.0 <= minute < 3.0 and roll < 0.25:
         return serial + "-s401x2"  # FunnelFox refuses the secret for a while
-    if 3.5 <= minute < 4.5 and roll < 0.6:
-        return serial + "-hslow900"  # the webhook destination slows down
+    if 3.0 <= minute < 3.75 and roll < 0.5:
+        return serial + "-hslow700"  # the webhook destination slows down
     faults = [(0.06, "-s503x2"), (0.10, "-h500x2"), (0.12, "-s404"), (0.13, "-h410")]
     for threshold, token in faults:
         if roll < threshold:
@@ -433,7 +433,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run, render, stop everything; the image's path on stdout."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--minutes", type=float, default=6.0, help="traffic duration (6)")
-    parser.add_argument("--rate", type=float, default=15.0, help="webhooks per second (15)")
+    parser.add_argument("--rate", type=float, default=4.0, help="webhooks per second (4)")
     parser.add_argument("--out", type=Path, default=OUT, help=f"the PNG ({OUT.relative_to(ROOT)})")
     args = parser.parse_args(argv)
     with observed_run(args.minutes, args.rate) as (prometheus, start, end):
