@@ -30,6 +30,7 @@ import httpx
 
 from deploy.observe import (
     FLOWER_JOB,
+    OWN_SETTINGS,
     ROOT,
     WEB_JOB,
     Prometheus,
@@ -163,7 +164,7 @@ def observed_run(minutes: float, per_s: float) -> Iterator[tuple[Prometheus, flo
         receiver = stack.enter_context(
             WebhookReceiver(secret=DEMO_WEBHOOK_SECRET, latency_ms=15, keep_bodies=False)
         )
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("FUNNELFOX_", "WEBHOOK_"))}
+        env = {k: v for k, v in os.environ.items() if not k.startswith(OWN_SETTINGS)}
         env.update(
             REDIS_URL=redis_server.url,
             FUNNELFOX_API_URL=simulator.base_url,

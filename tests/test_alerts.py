@@ -24,6 +24,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from deploy.observe import (
     FLOWER_JOB,
+    OWN_SETTINGS,
     RULE_TESTS,
     RULES,
     SCRAPE_CONFIG,
@@ -301,7 +302,7 @@ def stack(redis_server_url: str, tmp_path_factory: pytest.TempPathFactory) -> It
     simulator.start()
     receiver = WebhookReceiver(secret=DEMO_WEBHOOK_SECRET)
     receiver.start()
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("FUNNELFOX_", "WEBHOOK_"))}
+    env = {k: v for k, v in os.environ.items() if not k.startswith(OWN_SETTINGS)}
     env.update(
         REDIS_URL=redis_server_url,
         FUNNELFOX_API_URL=simulator.base_url,
