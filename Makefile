@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed-stamp
 # it rises, never lower it to pass.
 COVERAGE_FLOOR ?= 0
 
-.PHONY: install test lint format demo bench run
+.PHONY: install test lint format demo bench run dashboard-image
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -34,6 +34,9 @@ demo: $(STAMP)  ## the whole job end to end, against the bundled FunnelFox simul
 
 bench: $(STAMP)  ## throughput side by side with Celery's ceiling and the textbook recipe
 	$(BIN)/python -m bench
+
+dashboard-image: $(STAMP)  ## docs/dashboard.png: the Grafana dashboard's panels, drawn from a real run
+	$(BIN)/python -m deploy.render_dashboard
 
 run: $(STAMP)  ## one worker, as the Procfile's worker: line runs it
 	$(BIN)/celery -A worker.app worker --loglevel=INFO --without-gossip --without-mingle

@@ -1,0 +1,1 @@
+"""Deployment files (Prometheus rules, Grafana dashboard) and the helpers that check them."""
