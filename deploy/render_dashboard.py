@@ -39,10 +39,10 @@ from deploy.observe import (
     free_port,
     load_dashboard,
 )
-from worker.procfile import PROCFILE
-from worker.sim.funnelfox import DEFAULT_SECRET, FunnelFoxSimulator
-from worker.sim.receiver import DEMO_WEBHOOK_SECRET, WebhookReceiver
-from worker.sim.redis_server import EmbeddedRedis
+from workshop.funnelfox import DEFAULT_SECRET, FunnelFoxSimulator
+from workshop.procfile import PROCFILE
+from workshop.receiver import DEMO_WEBHOOK_SECRET, WebhookReceiver
+from workshop.redis_server import EmbeddedRedis
 
 SCRAPE_S = 2.0
 RATE_INTERVAL = "30s"

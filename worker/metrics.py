@@ -215,6 +215,8 @@ class FleetCollector(Collector):
                 if metric == name:
                     labels = dict(pairs)
                     family.add_metric([labels.get(n, "") for n in label_names], value)
+            if not label_names and not family.samples:
+                family.add_metric([], 0)  # a counter without labels exists from the start
             yield family
 
     @staticmethod
