@@ -6,15 +6,22 @@ reported by the environment variable's name, since that is what a user has to fi
 
 from __future__ import annotations
 
-import base64
-import binascii
+from functools import cached_property
 from typing import Any, Literal
 from urllib.parse import parse_qs, urlsplit
 
 from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from config.destinations import Destination, StreamDestination, WebhookDestination
+from config.destinations import (
+    Destination,
+    DestinationError,
+    StreamDestination,
+    WebhookDestination,
+    check_unique,
+    check_whsec,
+    load_destinations_file,
+)
 
 
 class ConfigError(Exception):
@@ -71,18 +78,18 @@ class WebhookSettings(BaseSettings):
     @classmethod
     def _whsec(cls, value: SecretStr | None) -> SecretStr | None:
         # Messages here never echo the value: it is a secret even when malformed.
-        if value is None or value.get_secret_value() == "":
+        if value is None or value.get_secret_value().strip() == "":
             return None
-        raw = value.get_secret_value()
-        if not raw.startswith("whsec_"):
-            raise ValueError("must start with 'whsec_' (a Standard Webhooks secret)")
-        try:
-            key = base64.b64decode(raw.removeprefix("whsec_"), validate=True)
-        except (binascii.Error, ValueError):
-            raise ValueError("the part after 'whsec_' must be base64") from None
-        if len(key) < 24:
-            raise ValueError("the key must be at least 24 bytes (32 recommended)")
+        for key in value.get_secret_value().split():
+            check_whsec(key)
         return value
+
+    @property
+    def secrets(self) -> tuple[SecretStr, ...]:
+        """WEBHOOK_SECRET's keys: several, separated by spaces, during a rotation."""
+        if self.secret is None:
+            return ()
+        return tuple(SecretStr(key) for key in self.secret.get_secret_value().split())
 
 
 # Standard Webhooks' recommended schedule: 5 s, 5 min, 30 min, 2 h, 5 h, 10 h, 10 h (≈ 27.6 h).
@@ -157,6 +164,13 @@ class Settings(BaseSettings):
     # A session neither finished nor scheduled that made no progress for this long is
     # published again by the reconciler (every worker runs one; one at a time).
     reconcile_after_s: int = Field(300, ge=1)
+    # A TOML file of [[destinations]] (see README, Destinations); with or without the
+    # shorthands WEBHOOK_URL / OUTPUT_STREAM, as long as the names stay unique.
+    destinations_file: str | None = None
+    # A destination whose deliveries fail this many times in a row is paused; one probe
+    # delivery every BREAKER_PROBE_S decides when it resumes.
+    breaker_failures: int = Field(20, ge=1)
+    breaker_probe_s: float = Field(30.0, gt=0)
     # Off only to measure what the ledger costs (make bench): without it, retries wait in the
     # broker and lost messages are not noticed.
     ledger_enabled: bool = True
@@ -180,16 +194,16 @@ class Settings(BaseSettings):
         check_redis_url(value)
         return value
 
-    @property
+    @cached_property
     def destinations(self) -> list[Destination]:
-        """Where sessions are delivered, in delivery order."""
+        """Where sessions are delivered: the shorthands first, then DESTINATIONS_FILE's."""
         found: list[Destination] = []
         if self.webhook.url is not None and self.webhook.secret is not None:
             found.append(
                 WebhookDestination(
                     name="webhook",
                     url=self.webhook.url,
-                    secrets=(self.webhook.secret,),
+                    secrets=self.webhook.secrets,
                     timeout_s=self.webhook.timeout_s,
                     max_connections=self.webhook.max_connections,
                 )
@@ -200,6 +214,9 @@ class Settings(BaseSettings):
                     name="stream", stream=self.output_stream, maxlen=self.output_stream_maxlen
                 )
             )
+        if self.destinations_file:
+            found += load_destinations_file(self.destinations_file)
+        check_unique(found)
         return found
 
     @property
@@ -208,16 +225,28 @@ class Settings(BaseSettings):
         return self.ledger_ttl_s or self.dedupe_ttl_s
 
     @property
+    def slowest_delivery_s(self) -> float:
+        """The longest timeout of any webhook destination (WEBHOOK_TIMEOUT_S when none)."""
+        timeouts = [d.timeout_s for d in self.destinations if isinstance(d, WebhookDestination)]
+        return max(timeouts, default=self.webhook.timeout_s)
+
+    @property
     def enabled_sinks(self) -> list[str]:
         """The names of the destinations this configuration delivers to, in delivery order."""
         return [destination.name for destination in self.destinations]
 
     def check_sinks(self) -> None:
-        """Refuse a configuration that would deliver nowhere or unsigned."""
-        if self.webhook.url is None and self.output_stream is None:
-            raise ConfigError("no sink is on: set WEBHOOK_URL or OUTPUT_STREAM (or both)")
+        """Refuse a configuration that would deliver nowhere or unsigned, or a bad file."""
         if self.webhook.url is not None and self.webhook.secret is None:
             raise ConfigError("WEBHOOK_SECRET is required when WEBHOOK_URL is set")
+        try:
+            destinations = self.destinations
+        except DestinationError as exc:
+            raise ConfigError(str(exc)) from None
+        if not destinations:
+            raise ConfigError(
+                "no sink is on: set WEBHOOK_URL or OUTPUT_STREAM (or both), or DESTINATIONS_FILE"
+            )
 
     def check_for_worker(self) -> None:
         """What a worker needs beyond the common settings, checked before it starts."""

@@ -219,6 +219,8 @@ def test_env_example_loads(
             monkeypatch.delenv(name)
     monkeypatch.chdir(tmp_path)
     for name, (value, commented) in env_example().items():
+        if name == "DESTINATIONS_FILE":
+            value = str(ROOT / value)  # relative to the working directory, moved above
         if uncomment or not commented:
             monkeypatch.setenv(name, value)
     load_settings().check_for_worker()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 from datetime import UTC, datetime
 
 import httpx
@@ -16,6 +17,7 @@ from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 from worker import errors
 from worker.http import HttpSession
 from worker.sinks import Delivery, StreamSink, WebhookSink
+from worker.sinks.stream import entry_id
 
 SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
 URL = "https://hooks.example.test/in?token=abc"
@@ -141,7 +143,11 @@ def test_stream_sink_appends_and_stays_bounded(redis_url: str, redis_client: red
     length = redis_client.xlen("out")
     assert 10 <= length < 500  # approximate trimming: bounded, never below the cap
     ((_, fields),) = redis_client.xrevrange("out", count=1)
-    assert fields == {b"session_id": b"ses_499", b"payload": PAYLOAD}
+    assert fields == {
+        b"session_id": b"ses_499",
+        b"webhook_id": entry_id("stream", "ses_499").encode(),
+        b"payload": PAYLOAD,
+    }
 
 
 def test_stream_sink_reports_redis_down() -> None:
@@ -157,3 +163,35 @@ def test_stream_sink_reports_redis_down() -> None:
     outcomes = asyncio.run(deliver())
     assert all(isinstance(o, errors.SinkUnavailable) for o in outcomes)
     assert len(outcomes) == 2
+
+
+def test_a_stream_on_the_state_redis_takes_each_session_once(
+    redis_url: str, redis_client: redis.Redis
+) -> None:
+    """The XADD and the delivery record are one step: a repeat (a retry after a cut, a
+    redelivered message, redis-py re-sending the command) appends nothing."""
+
+    async def deliver(ids: list[str]) -> list[errors.StageError | None]:
+        client = aioredis.Redis.from_url(redis_url)
+        sink = StreamSink(client, stream="once", maxlen=1000, name="warehouse", dedupe_ttl_s=60)
+        outcomes = await sink.deliver([Delivery(sid, PAYLOAD) for sid in ids])
+        await client.aclose()
+        return [o.error for o in outcomes]
+
+    assert asyncio.run(deliver(["ses_1", "ses_2"])) == [None, None]
+    assert asyncio.run(deliver(["ses_1", "ses_2", "ses_3", "ses_3"])) == [None] * 4
+    entries = redis_client.xrange("once")
+    assert [fields[b"session_id"] for _, fields in entries] == [b"ses_1", b"ses_2", b"ses_3"]
+    assert 0 < redis_client.ttl("ffe:delivered:warehouse:ses_1") <= 60
+    ids = {fields[b"webhook_id"] for _, fields in entries}
+    assert len(ids) == 3  # distinct per session; and per destination:
+    assert entry_id("warehouse", "ses_1") != entry_id("stream", "ses_1")
+
+
+def test_webhook_ids_are_distinct_per_destination_and_the_shorthand_keeps_its_own() -> None:
+    http = HttpSession(httpx.MockTransport(lambda r: httpx.Response(204)), TIMEOUT)
+    shorthand = WebhookSink(http, url=URL, secret=SecretStr(SECRET))
+    named = WebhookSink(http, url=URL, secret=SecretStr(SECRET), name="crm")
+    legacy = "msg_" + hashlib.sha256(f"{URL}\nses_1".encode()).hexdigest()[:32]
+    assert shorthand.message_id("ses_1") == legacy  # what receivers saw before destinations
+    assert named.message_id("ses_1") != legacy

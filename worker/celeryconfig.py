@@ -17,7 +17,7 @@ def task_time_limit_s(settings: Settings) -> int:
     """
     if settings.task_time_limit_s is not None:
         return settings.task_time_limit_s
-    slowest = max(settings.funnelfox.timeout_s, settings.webhook.timeout_s)
+    slowest = max(settings.funnelfox.timeout_s, settings.slowest_delivery_s)
     return int(3 * slowest + 10)
 
 

@@ -22,6 +22,9 @@ Keys (the worker's own state, all under ``ffe:``):
     ffe:due                      scheduled retries: ``<stage>|<id>`` by due time (sorted set)
     ffe:due:work                 what each scheduled retry carries (its task item, JSON)
     ffe:reconcile:lock           held by the one worker reconciling at a time
+    ffe:breaker:<destination>    its circuit breaker (failures in a row, open since) and pause
+    ffe:breaker:<destination>:probe   the one probe delivery let through per period
+    ffe:ratelimit:destination:<destination>   its fleet-wide rate limit
 
 kombu's own (read, never written, by this product):
     unacked                      messages taken by a worker and not yet acknowledged
@@ -97,3 +100,18 @@ def ledger_trigger_key(session_id: str) -> str:
 def due_member(stage: str, session_id: str) -> str:
     """A scheduled retry: which stage, which session."""
     return f"{stage}|{session_id}"
+
+
+def breaker_key(destination: str) -> str:
+    """One destination's circuit breaker and pause (worker.breaker)."""
+    return f"{PREFIX}breaker:{destination}"
+
+
+def breaker_probe_key(destination: str) -> str:
+    """The token of the one probe delivery an open breaker lets through per period."""
+    return f"{PREFIX}breaker:{destination}:probe"
+
+
+def destination_rate_limit_key(destination: str) -> str:
+    """One destination's fleet-wide rate limit (GCRA state)."""
+    return f"{PREFIX}ratelimit:destination:{destination}"

@@ -141,6 +141,7 @@ for i = 1, #all, 2 do
         fetch = v
     elseif string.sub(k, 1, 2) == 'd:' then
         destinations = destinations + 1
+        -- 's': filtered out of this destination, settled like a delivery
         if v == 'r' then retrying = true elseif v == 'q' then queued = true
         elseif v == 'x' then dead = true end
     end

@@ -13,9 +13,11 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import Any
 
 import redis.asyncio as aioredis
 
+from worker.breaker import Breaker
 from worker.deadletters import DeadLetter, DeadLetters
 from worker.enrich import enrich
 from worker.errors import (
@@ -32,7 +34,7 @@ from worker.metrics import MetricsBatch
 from worker.payload import build_payload
 from worker.ratelimit import FleetRateLimit
 from worker.retry import RetryPolicy
-from worker.sinks.base import Delivery, Sink
+from worker.sinks.base import Delivery, Outcome, Sink
 from worker.state import DeliveryState
 from worker.validate import parse_session
 from worker.work import Work
@@ -73,6 +75,9 @@ class Pipeline:
     metrics_redis: aioredis.Redis | None = None
     ledger: Ledger | None = None
     rate_limit: FleetRateLimit | None = None
+    breakers: Mapping[str, Breaker] = field(default_factory=dict)
+    sink_limits: Mapping[str, FleetRateLimit] = field(default_factory=dict)
+    _delays: dict[str, list[float]] = field(default_factory=dict)
     claim_wait_s: float = 5.0
     scrub: Callable[[str], str] = str
     now: Callable[[], datetime] = lambda: datetime.now(UTC)
@@ -115,11 +120,15 @@ class Pipeline:
             except Exception as exc:  # a bug: this session's failure, its batch goes on
                 self._failed(result, metrics, work, "enrich", exc)
                 continue
+            states = dict.fromkeys(self.sinks, "d")  # those not pending have it
             for sink in sinks:
+                if not self._takes(sink, raw.document, work.trigger):
+                    states[sink] = "s"  # filtered out: not an error, never delivered there
+                    continue
+                states[sink] = "q"
                 fresh = Work(work.session_id, 0, work.first_seen_at, work.trigger, payload)
                 result.deliveries.setdefault(sink, []).append(fresh)
             result.done.append(work.session_id)
-            states = {name: "q" if name in sinks else "d" for name in self.sinks}
             result.events.append(
                 Event(work, "fetch", "ok", "f", "d", duration_s=duration_s, destinations=states)
             )
@@ -138,6 +147,7 @@ class Pipeline:
                 self._dead(result, metrics, work, stage, "sink_disabled", error)
             await self._record(result, metrics)
             return result
+        batch = await self._hold(sink_name, batch, result)
         states = await self.state.claim(sink_name, [w.session_id for w in batch])
         claimed = [w for w, s in zip(batch, states, strict=True) if s == "claimed"]
         field_name = f"d:{sink_name}"
@@ -149,7 +159,7 @@ class Pipeline:
                 # Another worker is delivering it right now; look again once its lease ends.
                 result.retries.append((work, self.claim_wait_s))
         metrics.inc("sessions_skipped", len(result.skipped), stage=stage)
-        outcomes = await sink.deliver([Delivery(w.session_id, w.payload or b"") for w in claimed])
+        outcomes = await self._paced_deliver(sink, claimed)
         released = []
         for work, outcome in zip(claimed, outcomes, strict=True):
             metrics.observe("delivery_duration_seconds", outcome.duration_s, sink=sink_name)
@@ -173,8 +183,72 @@ class Pipeline:
                 self._failed(result, metrics, work, stage, outcome.error, outcome.duration_s)
         metrics.inc("sessions_delivered", len(result.done), sink=sink_name)
         await self.state.settle(sink_name, result.done, released)
+        breaker = self.breakers.get(sink_name)
+        if breaker is not None:
+            await breaker.report(len(result.done), len(released), time.time())
         await self._record(result, metrics)
         return result
+
+    def _takes(
+        self, sink_name: str, session: Mapping[str, Any], trigger: Mapping[str, Any] | None
+    ) -> bool:
+        """Whether a destination's filters take this session (its funnel, event, sandbox)."""
+        trigger = trigger or {}
+        funnel_id = session.get("funnel_id")
+        return self.sinks[sink_name].filters.take(
+            funnel_id if isinstance(funnel_id, str) else None,
+            trigger.get("type"),
+            trigger.get("is_sandbox"),
+        )
+
+    async def _hold(self, sink_name: str, batch: Sequence[Work], result: StageResult) -> list[Work]:
+        """What may be attempted now; the rest waits in the ledger, its retries untouched.
+
+        An open breaker lets one probe through per period; a paused destination none. The
+        destination's rate limit hands back what it cannot serve soon.
+        """
+        go, wait_s, why = list(batch), 0.0, ""
+        breaker = self.breakers.get(sink_name)
+        if breaker is not None and go:
+            gate = await breaker.gate()
+            if gate != "closed":
+                keep = 1 if gate == "probe" else 0
+                why = "paused" if gate == "paused" else "breaker_open"
+                go, wait_s = go[:keep], breaker.probe_s
+                self._defer(result, sink_name, batch[keep:], wait_s, why)
+        limit = self.sink_limits.get(sink_name)
+        if limit is not None and go:
+            reservation = await limit.reserve(len(go))
+            later = reservation.delay_s(reservation.granted)
+            self._defer(result, sink_name, go[reservation.granted :], later, "rate_limited")
+            self._delays[sink_name] = [reservation.delay_s(i) for i in range(reservation.granted)]
+            go = go[: reservation.granted]
+        return go
+
+    def _defer(
+        self, result: StageResult, sink_name: str, works: Sequence[Work], delay_s: float, why: str
+    ) -> None:
+        """Wait ``delay_s`` without an attempt (not a failure: the destination said wait)."""
+        stage, due = f"deliver:{sink_name}", time.time() + delay_s
+        for work in works:
+            result.retries.append((work, delay_s))
+            result.events.append(Event(work, stage, why, f"d:{sink_name}", "q", next_at=due))
+
+    async def _paced_deliver(self, sink: Sink, works: Sequence[Work]) -> list[Outcome]:
+        """Deliver, each at the time its rate-limit slot starts (all at once without a limit)."""
+        delays = self._delays.pop(sink.name, None)
+        deliveries = [Delivery(w.session_id, w.payload or b"") for w in works]
+        if not delays or max(delays) <= 0:
+            return await sink.deliver(deliveries)
+
+        async def at(delay_s: float, delivery: Delivery) -> Outcome:
+            await asyncio.sleep(delay_s)
+            [outcome] = await sink.deliver([delivery])
+            return outcome
+
+        return list(
+            await asyncio.gather(*(at(d, x) for d, x in zip(delays, deliveries, strict=False)))
+        )
 
     async def refuse(self, refusals: Sequence[Refusal], stage: str) -> StageResult:
         """Dead-letter what a message carried that cannot be worked on (never retried)."""

@@ -17,6 +17,8 @@ from config import Settings
 from worker.deadletters import DeadLetters
 from worker.fetch import FunnelFoxClient
 from worker.http import HttpSession, make_session
+from worker.breaker import Breaker
+from worker.keys import destination_rate_limit_key
 from worker.ledger import Ledger
 from worker.pipeline import Pipeline
 from worker.ratelimit import FleetRateLimit
@@ -57,6 +59,22 @@ class Runtime:
             max_connections=settings.funnelfox.max_connections,
         )
         sinks = {d.name: build_sink(d, self) for d in settings.destinations}
+        breakers = {
+            name: Breaker(
+                self.redis,
+                name,
+                failures=settings.breaker_failures,
+                probe_s=settings.breaker_probe_s,
+            )
+            for name in sinks
+        }
+        sink_limits = {
+            d.name: FleetRateLimit(
+                self.redis, rate_per_s=d.rate_limit_per_s, key=destination_rate_limit_key(d.name)
+            )
+            for d in settings.destinations
+            if d.rate_limit_per_s
+        }
         return Pipeline(
             funnelfox=FunnelFoxClient(
                 upstream, api_url=settings.funnelfox.api_url, secret=settings.funnelfox.secret
@@ -79,6 +97,8 @@ class Runtime:
                 else None
             ),
             claim_wait_s=claim_ttl_s(settings),
+            breakers=breakers,
+            sink_limits=sink_limits,
             scrub=scrubber(settings),
         )
 
@@ -87,6 +107,11 @@ class Runtime:
         client = make_session(timeout_s=timeout_s, max_connections=max_connections)
         self._clients.append(client)
         return client
+
+    @property
+    def dedupe_ttl_s(self) -> int:
+        """DEDUPE_TTL_S, for sinks that write their own delivery records."""
+        return self.settings.dedupe_ttl_s
 
     def redis_for(self, url: str | None) -> aioredis.Redis:
         """The state Redis (None), or a client of its own for another Redis."""
@@ -115,7 +140,7 @@ class Runtime:
 
 def claim_ttl_s(settings: Settings) -> float:
     """How long a delivery claim lives: past the longest a delivery can take, with margin."""
-    return 2 * settings.webhook.timeout_s + 5
+    return 2 * settings.slowest_delivery_s + 5
 
 
 def retry_policy(settings: Settings) -> RetryPolicy:

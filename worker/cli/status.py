@@ -45,7 +45,7 @@ def main(
         client.close()
 
 
-_STATE_NAMES = {"q": "queued", "r": "retrying", "d": "delivered", "x": "dead"}
+_STATE_NAMES = {"q": "queued", "r": "retrying", "d": "delivered", "x": "dead", "s": "filtered"}
 
 
 def describe_entry(session_id: str, entry: dict[str, str]) -> dict[str, Any]:

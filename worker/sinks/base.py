@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Protocol, Self
 
 import redis.asyncio as aioredis
 
+from config.destinations import Filters
 from worker.http import HttpSession
 
 if TYPE_CHECKING:
@@ -43,11 +44,17 @@ class Resources(Protocol):
     def redis_for(self, url: str | None) -> aioredis.Redis:
         """A Redis client for ``url``; None is the worker's own state Redis."""
 
+    @property
+    def dedupe_ttl_s(self) -> int:
+        """How long a delivery record lives (DEDUPE_TTL_S)."""
+
 
 class Sink(ABC):
     """A destination. ``deliver`` never raises for one item: it returns that item's outcome."""
 
     name: str
+    # Which sessions it takes (all by default); set from its destination's settings.
+    filters: Filters = Filters()
 
     @classmethod
     def from_destination(cls, destination: Destination, resources: Resources) -> Self:

@@ -53,11 +53,19 @@ class WebhookSink(Sink):
         http = resources.http_session(
             timeout_s=destination.timeout_s, max_connections=destination.max_connections
         )
-        return cls(http, url=destination.url, secrets=destination.secrets, name=destination.name)
+        sink = cls(http, url=destination.url, secrets=destination.secrets, name=destination.name)
+        sink.filters = destination.filters
+        return sink
 
     def message_id(self, session_id: str) -> str:
-        """Stable per session and destination, so a receiver can drop repeats of a retry."""
-        digest = hashlib.sha256(f"{self._url}\n{session_id}".encode()).hexdigest()
+        """Stable per session and destination, so a receiver can drop repeats of a retry.
+
+        The shorthand destination ``webhook`` keeps the ids it had before destinations had
+        names (its URL and the session); any other also hashes its name, so two destinations
+        never share an id, even at one URL.
+        """
+        scope = self._url if self.name == "webhook" else f"{self.name}\n{self._url}"
+        digest = hashlib.sha256(f"{scope}\n{session_id}".encode()).hexdigest()
         return f"msg_{digest[:32]}"
 
     def headers(self, session_id: str, payload: bytes, now: datetime) -> dict[str, str]:
