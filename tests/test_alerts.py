@@ -46,9 +46,6 @@ from workshop.redis_server import EmbeddedRedis
 # Metrics the session ledger and the destinations' breakers will serve; not served yet. The
 # rules and panels that need them are written already (group funnelfox-ledger); the scrape test
 # skips these only while they are absent. Remove this list once they land.
-PENDING_METRICS = [
-    "funnelfox_destination_open",
-]
 # Series Prometheus makes itself rather than scrapes.
 PROMETHEUS_SERIES = {"up"}
 SEVERITIES = {"critical", "warning", "info"}
@@ -95,10 +92,6 @@ def metric_names(expr: str) -> set[str]:
 def family(name: str) -> str:
     """The metric a sample name belongs to (a histogram's _bucket, _sum and _count)."""
     return re.sub(r"_(bucket|sum|count)$", "", name)
-
-
-def pending(name: str) -> bool:
-    return name in PENDING_METRICS or family(name) in PENDING_METRICS
 
 
 def rules_by_group() -> dict[str, list[dict[str, Any]]]:
@@ -200,16 +193,6 @@ def test_the_alerts_the_issue_asks_for_exist() -> None:
     }
     for alert, needle in wanted.items():
         assert needle in exprs[alert], alert
-
-
-def test_pending_metrics_are_read_only_by_the_ledger_group_and_every_one_is_read() -> None:
-    groups = rules_by_group()
-    for group, rules in groups.items():
-        if group != LEDGER_GROUP:
-            for rule in rules:
-                assert not any(map(pending, metric_names(rule["expr"]))), rule["alert"]
-    used = {family(name) for _, name, _ in named_selectors() if pending(name)}
-    assert used == set(PENDING_METRICS)
 
 
 def test_the_rules_use_the_shipped_job_names() -> None:
@@ -379,21 +362,16 @@ def test_every_metric_the_rules_and_the_dashboard_name_is_served(stack: Stack) -
     served = stack.scrape(stack.web)
     for name, labels in stack.scrape(stack.flower).items():
         served.setdefault(name, []).extend(labels)
-    missing, unmatched, waiting = set(), set(), set()
+    missing, unmatched = set(), set()
     for where, name, matchers in named_selectors():
         if name in PROMETHEUS_SERIES:
             continue
         if name not in served:
-            if pending(name):
-                waiting.add(family(name))
-            else:
-                missing.add(f"{name} ({where})")
+            missing.add(f"{name} ({where})")
         elif not any(matchers.items() <= labels.items() for labels in served[name]):
             unmatched.add(f"{name}{matchers} ({where})")
     assert not missing, f"named but not served: {sorted(missing)}"
     assert not unmatched, f"served, but never with these labels: {sorted(unmatched)}"
-    if waiting:
-        pytest.skip(f"pending metrics not served yet: {sorted(waiting)}")
 
 
 def prometheus_of(stack: Stack) -> Prometheus:
@@ -463,6 +441,6 @@ def test_prometheus_answers_every_dashboard_query(stack: Stack) -> None:
     empty = []
     for query in dashboard_queries(load_dashboard(), rate_interval="30s"):
         result = prometheus.query_range(query.expr, end - 60, end, 1)
-        if not result and not any(map(pending, metric_names(query.expr))):
+        if not result:
             empty.append(f"{query.panel['title']}: {query.expr}")
     assert not empty, f"no data for: {empty}"

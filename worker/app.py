@@ -49,12 +49,12 @@ def _check_before_start(**_: Any) -> None:
 def _register_destinations(**_: Any) -> None:
     # So the console (backfill, dlq replay) and /metrics know the fleet's destinations
     # without this worker's settings.
-    from worker.fleet import register_sinks
+    from worker.fleet import register_destinations
     from worker.redis_clients import sync_client
 
     client = sync_client(settings.redis_url)
     try:
-        register_sinks(client, settings.enabled_sinks)
+        register_destinations(client, settings.destinations)
     finally:
         client.close()
 

@@ -6,16 +6,48 @@ and the metrics reader know them without a worker's settings.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import Any
+
+import orjson
 import redis
 import redis.asyncio as aioredis
 
+from config.destinations import Destination
 from worker.keys import SINKS, delivery_queue
 
 
-def register_sinks(client: redis.Redis, names: list[str]) -> None:
-    """Record this worker's destinations for the console and the metrics reader."""
-    if names:
-        client.hset(SINKS, mapping={name: delivery_queue(name) for name in names})
+def register_destinations(client: redis.Redis, destinations: Sequence[Destination]) -> None:
+    """Record this worker's destinations for the console and the metrics reader.
+
+    What is recorded holds no secret: the kind, the target without credentials, the filters.
+    """
+    if destinations:
+        client.hset(SINKS, mapping={d.name: describe(d) for d in destinations})
+
+
+def describe(destination: Destination) -> bytes:
+    """A destination as the console lists it."""
+    return orjson.dumps(
+        {
+            "queue": delivery_queue(destination.name),
+            "type": destination.type,
+            "target": destination.target(),
+            "filters": destination.filters.describe(),
+            "rate_limit_per_s": destination.rate_limit_per_s,
+        }
+    )
+
+
+def registered_destinations(client: redis.Redis) -> dict[str, dict[str, Any]]:
+    """Every destination a worker of this fleet registered, by name."""
+    found = {}
+    for name, raw in sorted(client.hgetall(SINKS).items()):
+        try:
+            found[_text(name)] = orjson.loads(raw)
+        except orjson.JSONDecodeError:  # an older worker recorded the queue name only
+            found[_text(name)] = {"queue": _text(raw)}
+    return found
 
 
 def registered_sinks(client: redis.Redis) -> list[str]:

@@ -25,6 +25,7 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector
 
+from worker.breaker import read_state
 from worker.fleet import registered_sinks
 from worker.keys import (
     DEAD_LETTERS,
@@ -183,6 +184,18 @@ class FleetCollector(Collector):
             value=self._client.hlen(DEAD_LETTERS),
         )
         yield from self._ledger()
+        yield from self._breakers()
+
+    def _breakers(self) -> Iterator[Metric]:
+        opened = GaugeMetricFamily(
+            "funnelfox_destination_open",
+            "1 while a destination's deliveries are held: its breaker is open, or it is paused",
+            labels=["destination"],
+        )
+        for name in registered_sinks(self._client):
+            state = read_state(self._client, name)
+            opened.add_metric([name], 1 if state["open"] or state["paused"] else 0)
+        yield opened
 
     def _ledger(self) -> Iterator[Metric]:
         counts = {_text(k): int(v) for k, v in self._client.hgetall(LEDGER_COUNTS).items()}

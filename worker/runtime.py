@@ -14,10 +14,10 @@ from typing import Any, TypeVar
 import redis.asyncio as aioredis
 
 from config import Settings
+from worker.breaker import Breaker
 from worker.deadletters import DeadLetters
 from worker.fetch import FunnelFoxClient
 from worker.http import HttpSession, make_session
-from worker.breaker import Breaker
 from worker.keys import destination_rate_limit_key
 from worker.ledger import Ledger
 from worker.pipeline import Pipeline

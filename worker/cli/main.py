@@ -41,6 +41,17 @@ def build_parser() -> argparse.ArgumentParser:
     )
     status.add_argument("ids", nargs="*", metavar="ID")
 
+    destinations = commands.add_parser(
+        "destinations",
+        help="list the fleet's destinations (one JSON object a line); pause or resume one",
+    )
+    actions = destinations.add_subparsers(dest="destinations_command")
+    for action, text in (
+        ("pause", "hold its deliveries (they wait, retries untouched) until resume"),
+        ("resume", "deliver to it again"),
+    ):
+        actions.add_parser(action, help=text).add_argument("name", metavar="NAME")
+
     from worker.cli.backfill.args import add_arguments as add_backfill_arguments
 
     add_backfill_arguments(
@@ -61,6 +72,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _enqueue(settings, args.ids)
     if args.command == "dlq":
         return _dlq(settings, args)
+    if args.command == "destinations":
+        from worker.cli.destinations import main as destinations
+
+        return destinations(settings, args.destinations_command, getattr(args, "name", None))
     if args.command == "status":
         from worker.cli.status import main as status
 
