@@ -1,9 +1,11 @@
 """A circuit breaker per destination, shared by the fleet, and the operator's pause.
 
-A destination whose deliveries fail BREAKER_FAILURES times in a row (any failure: a timeout, a
-5xx, a refused connection; 410 Gone and other permanent answers count too) is **open**: its
-deliveries wait in the ledger instead of being attempted, without using up their retries. One
-probe delivery every BREAKER_PROBE_S decides: a success closes it, a failure keeps it open.
+A destination whose deliveries fail BREAKER_FAILURES times in a row because it cannot take
+them (a timeout, a refused connection, 408, 429, 5xx) is **open**; its explicit answers (410
+Gone dead-letters that delivery as before, other 4xx) do not count, and any success resets
+the count. While open, its deliveries wait in the ledger instead of being attempted, without
+using up their retries. One probe delivery every BREAKER_PROBE_S decides: a success closes
+it, a failure keeps it open.
 An operator's pause (``python -m worker destinations pause NAME``) holds deliveries the same
 way, with no probes, until ``resume``.
 

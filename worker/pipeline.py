@@ -160,7 +160,7 @@ class Pipeline:
                 result.retries.append((work, self.claim_wait_s))
         metrics.inc("sessions_skipped", len(result.skipped), stage=stage)
         outcomes = await self._paced_deliver(sink, claimed)
-        released = []
+        released, unreachable = [], 0
         for work, outcome in zip(claimed, outcomes, strict=True):
             metrics.observe("delivery_duration_seconds", outcome.duration_s, sink=sink_name)
             if outcome.error is None:
@@ -180,12 +180,13 @@ class Pipeline:
                 )
             else:
                 released.append(work.session_id)
+                unreachable += _unreachable(outcome.error)
                 self._failed(result, metrics, work, stage, outcome.error, outcome.duration_s)
         metrics.inc("sessions_delivered", len(result.done), sink=sink_name)
         await self.state.settle(sink_name, result.done, released)
         breaker = self.breakers.get(sink_name)
         if breaker is not None:
-            await breaker.report(len(result.done), len(released), time.time())
+            await breaker.report(len(result.done), unreachable, time.time())
         await self._record(result, metrics)
         return result
 
@@ -408,6 +409,13 @@ def describe_failure(error: BaseException) -> str:
     """What the ledger's attempt log says about a failure: a status code, else its kind."""
     found = _STATUS.search(str(error))
     return found.group(1) if found else type(error).__name__
+
+
+def _unreachable(error: BaseException) -> int:
+    """1 when a delivery failed because the destination is not taking anything (a timeout,
+    a refused connection, 408/429/5xx); its explicit answers (410, 4xx) are not that, nor
+    are our own bugs."""
+    return int(isinstance(error, Retryable) and not isinstance(error, InternalError))
 
 
 def _ledger_field(stage: str, value: str) -> tuple[str, str]:
