@@ -229,3 +229,11 @@ def test_env_example_loads(
         flower, port = load_flower_settings()
         assert port == 5555
         assert flower.basic_auth is not None
+
+
+def test_every_app_service_can_read_a_destinations_file() -> None:
+    """DESTINATIONS_FILE=/config/destinations.toml works in any service: all mount /config."""
+    services = compose()["services"]
+    for name in ("worker", "web", "flower"):
+        mounts = services[name].get("volumes", [])
+        assert any(str(m).split(":")[1] == "/config" for m in mounts), name
