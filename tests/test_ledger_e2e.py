@@ -133,3 +133,22 @@ def test_a_destination_down_longer_than_the_visibility_timeout(
     assert set(accepted.values()) == {1}  # delivered once each: nothing redelivered early
     assert dead_letters(redis_client) == {}
     assert redis_client.xlen("test:enriched") == len(ids)  # the stream never waited for it
+
+
+def test_a_slow_session_does_not_hold_up_its_batch_mates(
+    worker_env: dict[str, str], receiver: WebhookReceiver, redis_client: redis.Redis
+) -> None:
+    """Head of line: a batch's sessions are handed over as their fetches complete."""
+    slow = "ses_hol-slow4000x1"  # FunnelFox answers it after 4 s, once
+    mates = [f"ses_hol{n}" for n in range(9)]
+    enqueue(worker_env, [slow, *mates])  # one message: WORKER_BATCH_SIZE is 10
+    assert redis_client.llen("enrich") == 1
+    worker = start_worker(worker_env)
+    try:
+        assert receiver.wait_for(len(mates), timeout=30, distinct=True), worker.output
+        # Every batch-mate is delivered while the slow one is still being fetched.
+        assert {d.session_id for d in receiver.deliveries()} == set(mates)
+        assert receiver.wait_for(len(mates) + 1, timeout=30, distinct=True), worker.output
+    finally:
+        worker.stop()
+    assert {d.session_id for d in receiver.deliveries()} == {slow, *mates}

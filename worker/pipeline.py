@@ -41,6 +41,10 @@ from worker.work import Work
 
 log = logging.getLogger("worker.pipeline")
 
+# How long a batch's finished sessions wait for their slower batch-mates before they are
+# recorded and handed over (the live path's head-of-line bound).
+WAVE_S = 0.1
+
 
 @dataclass
 class StageResult:
@@ -56,6 +60,19 @@ class StageResult:
     events: list[Event] = field(default_factory=list)
     # True once the ledger holds the retries (they wait in Redis, not in the broker).
     retries_scheduled: bool = False
+
+    def merge(self, other: StageResult) -> None:
+        """Add another wave's decisions to these."""
+        for sink, works in other.deliveries.items():
+            self.deliveries.setdefault(sink, []).extend(works)
+        self.retries += other.retries
+        self.events += other.events
+        self.dead += other.dead
+        self.done += other.done
+        self.skipped += other.skipped
+        self.dead_payloads += other.dead_payloads
+        self.retries_scheduled = self.retries_scheduled or other.retries_scheduled
+
     dead: list[DeadLetter] = field(default_factory=list)
     done: list[str] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
@@ -83,8 +100,15 @@ class Pipeline:
     now: Callable[[], datetime] = lambda: datetime.now(UTC)
     _auth_warned: bool = False
 
-    async def fetch(self, batch: Sequence[Work]) -> StageResult:
-        """Fetch, validate and enrich each session; queue its payload for every pending sink."""
+    async def fetch(
+        self, batch: Sequence[Work], on_ready: Callable[[StageResult], None] | None = None
+    ) -> StageResult:
+        """Fetch, validate and enrich each session; queue its payload for every pending sink.
+
+        With ``on_ready``, sessions are handed over in waves as their fetches complete (every
+        WAVE_S at most), recorded first: a slow session delays only itself, not its
+        batch-mates. The result returned covers the whole batch either way.
+        """
         result, metrics = StageResult(), MetricsBatch()
         pending = await self.state.pending_sinks([w.session_id for w in batch], list(self.sinks))
         todo = []
@@ -98,43 +122,65 @@ class Pipeline:
                 log.info("already delivered to every sink", extra={"session_id": work.session_id})
         metrics.inc("sessions_skipped", len(result.skipped), stage="fetch")
         delays = await self._pace(todo, result)
-        timed = await asyncio.gather(
-            *(
-                self._fetch_one(work, delay, metrics)
-                for (work, _), delay in zip(todo, delays, strict=True)
-            ),
-            return_exceptions=True,
+        fetching = {
+            asyncio.ensure_future(self._fetch_one(work, delay, metrics)): (work, sinks)
+            for (work, sinks), delay in zip(todo, delays, strict=True)
+        }
+        total, wave = StageResult(), result
+        while fetching or wave is result:
+            if fetching:
+                done, _ = await asyncio.wait(
+                    fetching, timeout=WAVE_S if on_ready is not None else None
+                )
+                for future in done:
+                    work, sinks = fetching.pop(future)
+                    self._enriched(wave, metrics, work, sinks, future)
+            if on_ready is None and fetching:
+                continue
+            metrics.inc("sessions_fetched", len(wave.done))
+            await self._record(wave, metrics)
+            if on_ready is not None:
+                on_ready(wave)
+            total.merge(wave)
+            wave, metrics = StageResult(), MetricsBatch()
+        return total
+
+    def _enriched(
+        self,
+        result: StageResult,
+        metrics: MetricsBatch,
+        work: Work,
+        sinks: list[str],
+        fetched: asyncio.Future[tuple[bytes, float]],
+    ) -> None:
+        """Validate and enrich one fetched session, and plan its deliveries."""
+        error = fetched.exception()
+        if error is not None:
+            self._failed(result, metrics, work, "fetch", error)
+            return
+        body, duration_s = fetched.result()
+        try:
+            raw, session = parse_session(body, work.session_id)
+        except Exception as exc:  # InvalidPayload, or a bug: this session's failure alone
+            self._failed(result, metrics, work, "validate", exc)
+            return
+        try:
+            payload = build_payload(raw, enrich(session), work.trigger, self.now())
+        except Exception as exc:  # a bug: this session's failure, its batch goes on
+            self._failed(result, metrics, work, "enrich", exc)
+            return
+        states = dict.fromkeys(self.sinks, "d")  # those not pending have it
+        for sink in sinks:
+            if not self._takes(sink, raw.document, work.trigger):
+                states[sink] = "s"  # filtered out: not an error, never delivered there
+                continue
+            states[sink] = "q"
+            fresh = Work(work.session_id, 0, work.first_seen_at, work.trigger, payload)
+            result.deliveries.setdefault(sink, []).append(fresh)
+        result.done.append(work.session_id)
+        result.events.append(
+            Event(work, "fetch", "ok", "f", "d", duration_s=duration_s, destinations=states)
         )
-        for (work, sinks), outcome in zip(todo, timed, strict=True):
-            if isinstance(outcome, BaseException):
-                self._failed(result, metrics, work, "fetch", outcome)
-                continue
-            body, duration_s = outcome
-            try:
-                raw, session = parse_session(body, work.session_id)
-            except Exception as exc:  # InvalidPayload, or a bug: this session's failure alone
-                self._failed(result, metrics, work, "validate", exc)
-                continue
-            try:
-                payload = build_payload(raw, enrich(session), work.trigger, self.now())
-            except Exception as exc:  # a bug: this session's failure, its batch goes on
-                self._failed(result, metrics, work, "enrich", exc)
-                continue
-            states = dict.fromkeys(self.sinks, "d")  # those not pending have it
-            for sink in sinks:
-                if not self._takes(sink, raw.document, work.trigger):
-                    states[sink] = "s"  # filtered out: not an error, never delivered there
-                    continue
-                states[sink] = "q"
-                fresh = Work(work.session_id, 0, work.first_seen_at, work.trigger, payload)
-                result.deliveries.setdefault(sink, []).append(fresh)
-            result.done.append(work.session_id)
-            result.events.append(
-                Event(work, "fetch", "ok", "f", "d", duration_s=duration_s, destinations=states)
-            )
-        metrics.inc("sessions_fetched", len(result.done))
-        await self._record(result, metrics)
-        return result
 
     async def deliver(self, sink_name: str, batch: Sequence[Work]) -> StageResult:
         """Deliver built payloads to one sink, each session at most once while its record lives."""

@@ -20,6 +20,7 @@ from worker.app import app, settings
 from worker.messages import Parsed, Refusal, read_batch_call, read_deliver_call, read_session_call
 from worker.producer import Producer
 from worker.retry import RetryPolicy
+from worker.work import Work
 
 if TYPE_CHECKING:
     from worker.pipeline import Pipeline, StageResult
@@ -49,7 +50,9 @@ def _process(task: Task, stage: str, run_stage: Stage, parsed: Parsed) -> None:
             refused = _named(parsed.refused, task.request.id)
             runtime.run(runtime.pipeline.refuse(refused, stage_name(stage)))
         if parsed.works:
-            _dispatch(runtime.run(run_stage(runtime.pipeline)), stage)
+            result = runtime.run(run_stage(runtime.pipeline))
+            if stage != "fetch":  # a fetch hands its waves over as they complete
+                _dispatch(result, stage)
     except Exception as exc:
         if task.request.retries >= _WHOLE_MESSAGE_MAX_RETRIES:
             _give_up(stage, parsed, exc)
@@ -121,14 +124,19 @@ def enrich_session(self: Task, *args: Any, **kwargs: Any) -> None:
     without raising: a bad id or trigger is dead-lettered, unknown keywords are ignored.
     """
     parsed = read_session_call(args, kwargs)
-    _process(self, "fetch", lambda pipeline: pipeline.fetch(parsed.works), parsed)
+    _process(self, "fetch", _fetch(parsed.works), parsed)
+
+
+def _fetch(works: list[Work]) -> Stage:
+    """The fetch stage, publishing each wave's deliveries as soon as it is recorded."""
+    return lambda pipeline: pipeline.fetch(works, on_ready=lambda wave: _dispatch(wave, "fetch"))
 
 
 @app.task(name="worker.tasks.enrich_batch", bind=True)
 def enrich_batch(self: Task, *args: Any, **kwargs: Any) -> None:
     """The same as enrich_session for several sessions in one message."""
     parsed = read_batch_call(args, kwargs)
-    _process(self, "fetch", lambda pipeline: pipeline.fetch(parsed.works), parsed)
+    _process(self, "fetch", _fetch(parsed.works), parsed)
 
 
 @app.task(name="worker.tasks.deliver", bind=True)
