@@ -9,12 +9,12 @@ from __future__ import annotations
 import base64
 import binascii
 from typing import Any, Literal
-from urllib.parse import parse_qs, urlsplit
 
 from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from config.destinations import Destination, StreamDestination, WebhookDestination
+from config.redis_url import check_redis_url
 
 
 class ConfigError(Exception):
@@ -180,31 +180,6 @@ class Settings(BaseSettings):
                 f"RETRY_BACKOFF_MAX_S ({self.retry.backoff_max_s:g}) must be below "
                 f"VISIBILITY_TIMEOUT_S ({self.visibility_timeout_s})"
             )
-
-
-REDIS_SCHEMES = ("redis", "rediss", "unix")
-
-
-def check_redis_url(url: str) -> None:
-    """Raise ValueError saying what is wrong with a Redis URL (never echoing its password)."""
-    parts = urlsplit(url)
-    if parts.scheme not in REDIS_SCHEMES:
-        shown = f"'{parts.scheme}://'" if "://" in url else "no scheme"
-        raise ValueError(
-            f"must start with redis://, rediss:// or unix:// ({shown} given), "
-            "e.g. redis://localhost:6379/0"
-        )
-    if parts.scheme != "unix" and not parts.hostname:
-        raise ValueError("names no host, e.g. redis://localhost:6379/0")
-    try:
-        parts.port  # noqa: B018 - urllib validates the port when it is read
-    except ValueError:
-        raise ValueError("has a port that is not a number from 0 to 65535") from None
-    db = parse_qs(parts.query).get("db", [""])[0]
-    if parts.scheme != "unix":
-        db = parts.path.lstrip("/") or db
-    if db and not (db.isdigit() and int(db) < 2**16):
-        raise ValueError(f"has a database index that is not a whole number ({db!r})")
 
 
 def _env_name(model: type[BaseSettings], loc: tuple[Any, ...]) -> str:
