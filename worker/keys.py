@@ -15,6 +15,9 @@ Keys (the worker's own state, all under ``ffe:``):
     ffe:backfill:<digest>        where one backfill stands
     ffe:sinks                    the fleet's destinations: name → queue (workers register)
 
+Channels:
+    ffe:replication-probe        published to (never subscribed) before a WAIT for replicas
+
 kombu's own (read, never written, by this product):
     unacked                      messages taken by a worker and not yet acknowledged
 """
@@ -64,3 +67,7 @@ def backfill_key(digest: str) -> str:
 # Destinations the fleet's workers deliver to: name → queue, written by each worker at start,
 # so the console and the metrics reader know them without the workers' settings.
 SINKS = f"{PREFIX}sinks"
+
+# A PUBLISH here is a write that replicates without touching data (see
+# worker.redis_clients.wait_for_replicas); nothing subscribes to it.
+REPLICATION_PROBE = f"{PREFIX}replication-probe"
