@@ -20,6 +20,7 @@ from typing import Any
 
 import redis
 
+from workshop.delay_proxy import DelayProxy
 from workshop.redis_server import free_port, redis_server_binary
 
 HOST = "127.0.0.1"
@@ -115,7 +116,9 @@ class SentinelCluster:
     """A primary, ``replicas`` replicas and ``sentinels`` Sentinels watching it as ``ffe``.
 
     ``data_args`` go to every data node (primary and replicas alike, since a replica may
-    become the primary), e.g. ``("--min-replicas-to-write", "1")``.
+    become the primary), e.g. ``("--min-replicas-to-write", "1")``. With
+    ``replication_delay_ms``, replicas replicate through a ``DelayProxy`` that dies with the
+    primary: a standby on another host, whose last writes in flight a crash loses.
     """
 
     def __init__(
@@ -127,6 +130,7 @@ class SentinelCluster:
         down_after_ms: int = 1000,
         failover_timeout_ms: int = 3000,
         data_args: Sequence[str] = (),
+        replication_delay_ms: float = 0,
     ) -> None:
         self._dir = tempfile.TemporaryDirectory(prefix="ffe-sentinel-")
         root = Path(self._dir.name)
@@ -140,9 +144,15 @@ class SentinelCluster:
         self.data: list[Server] = [
             Server("primary", root, ["--port", str(primary_port), *common], port=primary_port)
         ]
+        self._links: list[DelayProxy] = []
         for index in range(replicas):
             port = free_port()
-            argv = ["--port", str(port), *common, "--replicaof", HOST, str(primary_port)]
+            upstream = primary_port
+            if replication_delay_ms > 0:
+                link = DelayProxy(primary_port, replication_delay_ms).start()
+                self._links.append(link)
+                upstream = link.port
+            argv = ["--port", str(port), *common, "--replicaof", HOST, str(upstream)]
             self.data.append(Server(f"replica{index + 1}", root, argv, port=port))
         self.sentinels: list[Server] = []
         for index in range(sentinels):
@@ -199,6 +209,8 @@ class SentinelCluster:
         """Stop every server and remove their directories."""
         for server in [*self.sentinels, *self.data]:
             server.stop()
+        for link in self._links:
+            link.close()
         self._dir.cleanup()
 
     def __enter__(self) -> SentinelCluster:
@@ -240,8 +252,12 @@ class SentinelCluster:
         return self.server(self.primary_port())
 
     def kill_primary(self) -> Server:
-        """SIGKILL the current primary; returns it (dead)."""
+        """SIGKILL the current primary, and cut its delayed links; returns it (dead)."""
         primary = self.primary()
+        # The link first: what the dying primary still sends must not reach the replica.
+        for link in self._links:
+            if link.target_port == primary.port:
+                link.cut()
         primary.kill()
         return primary
 
