@@ -101,6 +101,12 @@ class Settings(BaseSettings):
     model_config = _config("")
 
     redis_url: str = "redis://localhost:6379/0"
+    # Replication to a standby is asynchronous: a failover loses the primary's last writes.
+    # With N > 0, an acknowledgement (the ingress's 202 or 200 duplicate, `enqueue`'s exit 0)
+    # waits until N replicas hold the message (WAIT), and fails (503, exit 1) if they do not
+    # within REDIS_WAIT_TIMEOUT_S. 0 = acknowledge once the primary has it.
+    redis_wait_replicas: int = Field(0, ge=0)
+    redis_wait_timeout_s: float = Field(0.25, gt=0, le=10)
     output_stream: str | None = None
     output_stream_maxlen: int = Field(100_000, ge=1)
     # Measured on 2 cores (sessions/s at 0/50 ms upstream, summed RSS): 1 process 498/366 at

@@ -82,7 +82,13 @@ def _enqueue(settings: Settings, ids: list[str]) -> int:
         producer.close()
     refused = len(report.refused)
     print(f"enqueued {report.enqueued} session id(s), refused {refused}", file=sys.stderr)
-    return 1 if refused else 0
+    return 1 if refused or not _replicated(settings) else 0
+
+
+def _replicated(settings: Settings) -> bool:
+    from worker.cli.replicated import confirm_replicated
+
+    return confirm_replicated(settings, sys.stderr)
 
 
 def _dlq(settings: Settings, args: argparse.Namespace) -> int:
@@ -112,4 +118,4 @@ def _dlq(settings: Settings, args: argparse.Namespace) -> int:
         f"{sum(len(w) for w in plan.deliveries.values())} deliver(ies)",
         file=sys.stderr,
     )
-    return 0
+    return 0 if _replicated(settings) else 1

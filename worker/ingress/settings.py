@@ -48,6 +48,9 @@ class IngressConfig:
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
     dedupe_ttl_s: int = 7 * 24 * 3600
     broker_timeout_s: float = 0.5
+    # An acknowledgement waits for this many replicas (REDIS_WAIT_REPLICAS; 0 = not at all).
+    wait_replicas: int = 0
+    wait_timeout_s: float = 0.25
     log_format: str = "text"
     log_level: str = "INFO"
     log_client_ips: bool = False
@@ -70,6 +73,12 @@ def load_config() -> IngressConfig:
             "no webhook secret: set INGRESS_SECRET, or FUNNELFOX_SECRET (the project's secret "
             "key, which FunnelFox sends in the Fox-Secret-Key header)"
         )
+    if common.redis_wait_replicas and common.redis_wait_timeout_s >= ingress.broker_timeout_s:
+        raise ConfigError(
+            f"REDIS_WAIT_TIMEOUT_S ({common.redis_wait_timeout_s:g}) must be below "
+            f"INGRESS_BROKER_TIMEOUT_S ({ingress.broker_timeout_s:g}), which bounds every "
+            "Redis call of the ingress"
+        )
     return IngressConfig(
         secret=secret,
         redis_url=common.redis_url,
@@ -78,6 +87,8 @@ def load_config() -> IngressConfig:
         max_body_bytes=ingress.max_body_bytes,
         dedupe_ttl_s=common.dedupe_ttl_s,
         broker_timeout_s=ingress.broker_timeout_s,
+        wait_replicas=common.redis_wait_replicas,
+        wait_timeout_s=common.redis_wait_timeout_s,
         log_format=common.log_format,
         log_level=common.log_level,
         log_client_ips=common.log_client_ips,

@@ -313,6 +313,11 @@ def _run(
         print(f"backfill: stopped at --limit {args.limit}; run again to continue", file=err)
     elif not args.dry_run:
         print("backfill: finished", file=err)
+    if not args.dry_run:
+        from worker.cli.replicated import confirm_replicated
+
+        if not confirm_replicated(settings, err):
+            return EXIT_ERROR
     return EXIT_ERROR if backfill.counts.refused else 0
 
 
