@@ -21,7 +21,7 @@ SENTINEL_PASSWORD = "sentinel-only-pw"
 @pytest.fixture(autouse=True)
 def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     for name in list(os.environ):
-        if name.startswith(("REDIS_", "WEBHOOK_", "OUTPUT_", "FUNNELFOX_")):
+        if name.startswith(("REDIS_", "WEBHOOK_", "OUTPUT_", "FUNNELFOX_", "INGRESS_")):
             monkeypatch.delenv(name)
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("OUTPUT_STREAM", "enriched")
@@ -71,7 +71,10 @@ def test_credentials_are_decoded_and_kept_out_of_the_repr() -> None:
         ("sentinel://s1/x?master=m", "database index"),
         ("sentinel://s1;sentinel://s2/0?master=m", "separate Sentinels with commas"),
         ("sentinel://s1/0?master=m&pasword=pw", "unknown option(s) pasword"),
-        ("sentinels://s1/0?master=m", "must start with redis://, rediss://, unix:// or sentinel://"),
+        (
+            "sentinels://s1/0?master=m",
+            "must start with redis://, rediss://, unix:// or sentinel://",
+        ),
     ],
 )
 def test_a_malformed_url_is_named_in_one_line_without_its_password(
@@ -126,3 +129,21 @@ def test_every_password_in_a_sentinel_url_is_scrubbed() -> None:
     assert "s3cr" not in cleaned
     assert SENTINEL_PASSWORD not in cleaned
     assert "ffe" in scrub("key ffe:dlq")
+
+
+def test_waiting_for_replicas_must_fit_in_the_ingress_timeout(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from worker.ingress.settings import load_config
+
+    monkeypatch.setenv("FUNNELFOX_SECRET", "fox-secret")
+    monkeypatch.setenv("REDIS_WAIT_REPLICAS", "1")
+    monkeypatch.setenv("REDIS_WAIT_TIMEOUT_S", "0.5")
+    monkeypatch.setenv("INGRESS_BROKER_TIMEOUT_S", "0.5")
+    with pytest.raises(ConfigError, match=r"REDIS_WAIT_TIMEOUT_S \(0.5\) must be below INGRESS_"):
+        load_config()
+    monkeypatch.setenv("REDIS_WAIT_TIMEOUT_S", "0.2")
+    assert (load_config().wait_replicas, load_config().wait_timeout_s) == (1, 0.2)
+    monkeypatch.setenv("REDIS_WAIT_REPLICAS", "0")
+    monkeypatch.setenv("REDIS_WAIT_TIMEOUT_S", "1")
+    assert load_config().wait_replicas == 0
