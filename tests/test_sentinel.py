@@ -7,6 +7,7 @@ replace a killed primary within about three seconds.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import Callable
 
@@ -22,8 +23,11 @@ from worker.ingress.service import create_app
 from worker.ingress.settings import IngressConfig
 from worker.producer import Producer
 from worker.redis_clients import (
+    PrimaryChanged,
     async_client,
     async_fail_fast_client,
+    primary_id,
+    primary_id_sync,
     require_reachable,
     sync_client,
     wait_for_replicas,
@@ -92,12 +96,13 @@ def test_wait_for_replicas_counts_those_that_have_every_write(
     client = sync_client(url)
     replica = sentinel_cluster.data[1]
     try:
+        primary = primary_id_sync(client)
         client.rpush("list", "a")
-        assert wait_for_replicas_sync(client, 1, 1) == 1
+        assert wait_for_replicas_sync(client, 1, 1, primary=primary) == 1
         replica.kill()
         client.rpush("list", "b")
         started = time.monotonic()
-        assert wait_for_replicas_sync(client, 1, 0.2) == 0
+        assert wait_for_replicas_sync(client, 1, 0.2, primary=primary) == 0
         assert time.monotonic() - started < 1
     finally:
         client.close()
@@ -105,11 +110,29 @@ def test_wait_for_replicas_counts_those_that_have_every_write(
     async def on_asyncio() -> int:
         pooled = async_client(url)
         try:
-            return await wait_for_replicas(pooled, 1, 0.1)
+            return await wait_for_replicas(pooled, 1, 0.1, primary=await primary_id(pooled))
         finally:
             await pooled.aclose()
 
     assert asyncio.run(on_asyncio()) == 0
+
+
+@pytest.mark.integration
+def test_a_wait_after_a_failover_does_not_vouch_for_writes_made_before_it(
+    sentinel_cluster: SentinelCluster,
+) -> None:
+    client = sync_client(sentinel_cluster.url())
+    try:
+        before = primary_id_sync(client)
+        client.rpush("list", "written to the old primary")
+        old = sentinel_cluster.kill_primary()
+        sentinel_cluster.wait_for_new_primary(old)
+        old.start()  # back as a replica of the new primary: WAIT alone would count it
+        assert until_replicated(client)
+        with pytest.raises(PrimaryChanged):
+            wait_for_replicas_sync(client, 1, 1, primary=before)
+    finally:
+        client.close()
 
 
 def test_the_ingress_acknowledges_only_what_a_replica_holds(
@@ -151,8 +174,10 @@ def until_replicated(primary: redis.Redis, timeout_s: float = 20) -> bool:
     """Wait until a replica is back in sync with the primary."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        if wait_for_replicas_sync(primary, 1, 0.1) == 1:
-            return True
+        with contextlib.suppress(redis.RedisError):
+            if wait_for_replicas_sync(primary, 1, 0.1, primary=primary_id_sync(primary)) == 1:
+                return True
+        time.sleep(0.05)
     return False
 
 

@@ -112,30 +112,64 @@ def describe(exc: BaseException, url: str) -> str:
     return make_scrubber(url_secrets(url))(f"{type(exc).__name__}: {exc}".splitlines()[0])
 
 
-async def wait_for_replicas(client: aioredis.Redis, replicas: int, timeout_s: float) -> int:
+class PrimaryChanged(RedisError):
+    """The primary that answers is not the one that took the writes: a failover came between."""
+
+
+async def primary_id(client: aioredis.Redis) -> str:
+    """The current primary's replication id; every promotion (and restart) gives a new one."""
+    info: dict[str, Any] = await client.info("replication")
+    return str(info["master_replid"])
+
+
+def primary_id_sync(client: redis.Redis) -> str:
+    """``primary_id`` for a blocking client."""
+    info: dict[str, Any] = client.info("replication")
+    return str(info["master_replid"])
+
+
+async def wait_for_replicas(
+    client: aioredis.Redis, replicas: int, timeout_s: float, *, primary: str
+) -> int:
     """Wait until ``replicas`` replicas hold every write the primary has taken so far.
 
     Returns how many do (at most ``replicas``; fewer when ``timeout_s`` ran out). Call it after
-    the writes whose loss a failover must not cause, before acknowledging them: the ingress's
-    202, the console's exit 0, a ledger record. ``WAIT`` counts the replicas that have this
-    connection's last write, so a PUBLISH (replicated, touching no data) goes first on the
-    same connection; replication is one ordered stream, so a replica that has it has every
-    write the primary took before, from any client.
+    the writes whose loss a failover must not cause, before acknowledging them (the ingress's
+    202, the console's exit 0, a ledger record), with ``primary`` read by ``primary_id`` before
+    those writes: if another primary answers now, a failover may have lost them and
+    PrimaryChanged is raised, since a replica of the new primary proves nothing about them.
+
+    ``WAIT`` counts the replicas that have this connection's last write, so a PUBLISH
+    (replicated, touching no data) goes first on the same connection: replication is one
+    ordered stream, so a replica that has it has every write the primary took before, from
+    any client.
     """
     async with client.pipeline(transaction=False) as pipe:
         pipe.publish(REPLICATION_PROBE, b"")
         pipe.wait(replicas, _wait_ms(timeout_s))
-        _, acknowledged = await pipe.execute()
-    return int(acknowledged)
+        pipe.info("replication")
+        _, acknowledged, info = await pipe.execute()
+    return _replicated(int(acknowledged), info, primary)
 
 
-def wait_for_replicas_sync(client: redis.Redis, replicas: int, timeout_s: float) -> int:
+def wait_for_replicas_sync(
+    client: redis.Redis, replicas: int, timeout_s: float, *, primary: str
+) -> int:
     """``wait_for_replicas`` for a blocking client (the console)."""
     with client.pipeline(transaction=False) as pipe:
         pipe.publish(REPLICATION_PROBE, b"")
         pipe.wait(replicas, _wait_ms(timeout_s))
-        _, acknowledged = pipe.execute()
-    return int(acknowledged)
+        pipe.info("replication")
+        _, acknowledged, info = pipe.execute()
+    return _replicated(int(acknowledged), info, primary)
+
+
+def _replicated(acknowledged: int, info: dict[str, Any], primary: str) -> int:
+    if str(info["master_replid"]) != primary:
+        raise PrimaryChanged(
+            "the primary changed (a failover) since the writes were made: they may be lost"
+        )
+    return acknowledged
 
 
 def _wait_ms(timeout_s: float) -> int:

@@ -36,7 +36,12 @@ from worker.ingress.openapi import openapi_document
 from worker.ingress.settings import IngressConfig
 from worker.metrics import render as render_metrics
 from worker.producer import POOL_SIZE, Producer, Publisher
-from worker.redis_clients import async_fail_fast_client, sync_client, wait_for_replicas
+from worker.redis_clients import (
+    async_fail_fast_client,
+    primary_id,
+    sync_client,
+    wait_for_replicas,
+)
 
 log = logging.getLogger("worker.ingress")
 
@@ -206,6 +211,8 @@ class Ingress:
         markers = EventMarkers(self._markers_redis(), dedupe_ttl_s=self.config.dedupe_ttl_s)
         context = {"session_id": session_id}
         try:
+            # Which primary takes this event's writes, so the wait for replicas can tell.
+            primary = await primary_id(self._markers_redis()) if self.config.wait_replicas else ""
             claim = await markers.claim(event.id)
         except Exception as exc:
             log.warning(
@@ -217,7 +224,7 @@ class Ingress:
             return self._unavailable()
         if claim is Claim.DUPLICATE:
             # Its first copy may have been acknowledged unreplicated (and answered 503).
-            if not await self._replicated(event.id, context):
+            if not await self._replicated(event.id, primary, context):
                 return self._not_replicated()
             log.info("event %s is a duplicate; acknowledged", event.id, extra=context)
             return JSONResponse({"status": "duplicate", "session_id": session_id, **ids})
@@ -255,7 +262,7 @@ class Ingress:
             log.warning(
                 "event %s: marker not confirmed (%s)", event.id, type(exc).__name__, extra=context
             )
-        if not await self._replicated(event.id, context):
+        if not await self._replicated(event.id, primary, context):
             # The task is queued and its marker confirmed: FunnelFox's retry is answered
             # "duplicate" once a replica has both, or queues it again if a failover lost them.
             return self._not_replicated()
@@ -264,13 +271,16 @@ class Ingress:
             {"status": "enqueued", "session_id": session_id, **ids}, status_code=202
         )
 
-    async def _replicated(self, event_id: str, context: dict[str, str]) -> bool:
-        """Whether REDIS_WAIT_REPLICAS replicas hold every write so far (True when it is 0)."""
+    async def _replicated(self, event_id: str, primary: str, context: dict[str, str]) -> bool:
+        """Whether REDIS_WAIT_REPLICAS replicas of ``primary`` hold every write so far (True
+        when it is 0)."""
         wanted = self.config.wait_replicas
         if not wanted:
             return True
         try:
-            got = await wait_for_replicas(self._markers_redis(), wanted, self.config.wait_timeout_s)
+            got = await wait_for_replicas(
+                self._markers_redis(), wanted, self.config.wait_timeout_s, primary=primary
+            )
         except Exception as exc:
             got = 0
             problem = type(exc).__name__
