@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -107,6 +108,8 @@ def test_the_broker_gets_kombus_spelling_and_the_primarys_name(
         assert options["master_name"] == "ffe"
         assert options["sentinel_kwargs"]["socket_connect_timeout"] > 0
         assert "password" not in options["sentinel_kwargs"]
+        # Flower reads a worker's configuration as JSON (inspect conf).
+        json.dumps(options)
 
 
 def test_the_sentinels_own_password_goes_to_the_sentinels_only() -> None:

@@ -22,7 +22,6 @@ from redis.asyncio.sentinel import Sentinel as AsyncSentinel
 from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
-from redis.retry import Retry
 from redis.sentinel import Sentinel
 
 from config import ConfigError
@@ -69,7 +68,7 @@ def sync_client(url: str, *, timeout_s: float = 10, connect_timeout_s: float = 5
         return redis.Redis.from_url(url, **options)
     manager = Sentinel(  # type: ignore[no-untyped-call]
         sentinel.sentinels,
-        sentinel_kwargs=_sentinel_kwargs(sentinel, connect_timeout_s, Retry(NoBackoff(), 0)),
+        sentinel_kwargs=_sentinel_kwargs(sentinel, connect_timeout_s),
     )
     client: _SentinelRedis = manager.master_for(  # type: ignore[no-untyped-call]
         sentinel.master, redis_class=_SentinelRedis, **_login(sentinel), **options
@@ -87,12 +86,9 @@ def kombu_broker(url: str, *, connect_timeout_s: float) -> tuple[str, dict[str, 
     sentinel = parse_sentinel_url(url)
     if sentinel is None:
         return url, {}
-    # Each Sentinel is asked once per lookup: redis-py's default retries (ten, with backoff)
-    # would spend seconds on a Sentinel that is down before asking the next one.
-    sentinel_kwargs = _sentinel_kwargs(sentinel, connect_timeout_s, Retry(NoBackoff(), 0))
     return sentinel.kombu_url(), {
         "master_name": sentinel.master,
-        "sentinel_kwargs": sentinel_kwargs,
+        "sentinel_kwargs": _sentinel_kwargs(sentinel, connect_timeout_s),
     }
 
 
@@ -208,9 +204,7 @@ def _async_client(url: str, **options: Any) -> aioredis.Redis:
         return aioredis.Redis.from_url(url, **options)
     manager = AsyncSentinel(  # type: ignore[no-untyped-call]
         sentinel.sentinels,
-        sentinel_kwargs=_sentinel_kwargs(
-            sentinel, options["socket_connect_timeout"], AsyncRetry(NoBackoff(), 0)
-        ),
+        sentinel_kwargs=_sentinel_kwargs(sentinel, options["socket_connect_timeout"]),
     )
     client: _AsyncSentinelRedis = manager.master_for(
         sentinel.master, redis_class=_AsyncSentinelRedis, **_login(sentinel), **options
@@ -219,12 +213,19 @@ def _async_client(url: str, **options: Any) -> aioredis.Redis:
     return client
 
 
-def _sentinel_kwargs(sentinel: SentinelURL, timeout_s: float, retry: Any) -> dict[str, Any]:
-    """How to talk to the Sentinels themselves: briefly, and with their own password."""
+def _sentinel_kwargs(sentinel: SentinelURL, timeout_s: float) -> dict[str, Any]:
+    """How to talk to the Sentinels themselves: briefly, and with their own password.
+
+    Plain values only: kombu keeps them in the worker's configuration, which Flower reads
+    as JSON (``inspect conf``).
+    """
     kwargs: dict[str, Any] = {
         "socket_timeout": timeout_s,
         "socket_connect_timeout": timeout_s,
-        "retry": retry,
+        # Each Sentinel is asked once per lookup (None = no retry): redis-py's default (ten
+        # retries with backoff) would spend seconds on a Sentinel that is down before asking
+        # the next. The lookup itself is retried with the command that needed it.
+        "retry": None,
     }
     if sentinel.sentinel_password:
         kwargs["password"] = sentinel.sentinel_password
