@@ -189,7 +189,12 @@ def test_the_sentinel_profile_is_optional() -> None:
 def test_the_replica_keeps_what_the_primary_keeps() -> None:
     primary, replica = service("redis"), service("redis-replica")
     command = text(replica["command"])
-    assert "--replicaof redis 6379" in command
+    # It follows whom the Sentinels name, `redis` when none answers (its first start).
+    assert "sentinel get-master-addr-by-name ffe" in command
+    assert "redis-cli -h $$sentinel -p 26379" in command
+    assert "for sentinel in " + " ".join(SENTINEL_SERVICES[1:]) + ";" in command
+    assert "set -- redis 6379" in command
+    assert '--replicaof "$$1" "$$2"' in command
     for option in ("--appendonly yes", "--maxmemory-policy noeviction"):
         assert option in text(primary["command"])
         assert option in command
@@ -212,6 +217,7 @@ def test_the_sentinels_watch_the_primary_and_every_process_follows_them() -> Non
     assert len(monitors) == 1, "every Sentinel watches the same primary"
     ((master, host, port, quorum),) = monitors
     assert (host, port) == ("redis", "6379")
+    assert f"get-master-addr-by-name {master}" in text(service("redis-replica")["command"])
     assert int(quorum) == len(sentinels) // 2 + 1, "a majority agrees the primary is down"
     volumes = [str(v).split(":")[0] for s in sentinels for v in s["volumes"]]
     assert len(set(volumes)) == len(sentinels), "each Sentinel keeps its own config"
