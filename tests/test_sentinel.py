@@ -202,3 +202,18 @@ def test_enqueue_exits_0_only_once_a_replica_holds_the_ids(
     primary = redis.Redis(port=sentinel_cluster.primary_port())
     assert primary.llen("enrich") == 2
     primary.close()
+
+
+def test_a_sentinel_url_that_answers_nowhere_is_one_line_without_its_password() -> None:
+    from config import ConfigError
+    from workshop.redis_server import free_port
+
+    url = f"sentinel://:hunter2-pw@127.0.0.1:{free_port()}/0?master=ffe&sentinel_password=s3-pw"
+    with pytest.raises(ConfigError) as caught:
+        require_reachable(url, timeout_s=0.5)
+    message = str(caught.value)
+    assert message.startswith("REDIS_URL: no Redis answers there (")
+    assert "No master found for 'ffe'" in message
+    assert "hunter2" not in message
+    assert "s3-pw" not in message
+    assert "\n" not in message

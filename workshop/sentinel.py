@@ -84,18 +84,33 @@ class Server:
         return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
 
 
+def _answers(server: Server) -> bool:
+    with server.client(0.2) as client:
+        return bool(client.ping())
+
+
 def _synced(replica: Server) -> bool:
-    info: dict[str, Any] = replica.client(0.2).info("replication")
+    with replica.client(0.2) as client:
+        info: dict[str, Any] = client.info("replication")
     return bool(info["master_link_status"] == "up")
 
 
+def _streaming(primary: Server, replicas: int) -> bool:
+    with primary.client(0.5) as client, client.pipeline(transaction=False) as pipe:
+        pipe.publish("workshop:probe", b"")
+        pipe.wait(replicas, 100)
+        return bool(pipe.execute()[1] >= replicas)
+
+
 def _sees(sentinel: Server, replicas: int, peers: int) -> bool:
-    state: dict[str, Any] = sentinel.client(0.2).sentinel_master(MASTER_NAME)  # type: ignore[assignment]
+    with sentinel.client(0.2) as client:
+        state: dict[str, Any] = client.sentinel_master(MASTER_NAME)
     return int(state["num-slaves"]) == replicas and int(state["num-other-sentinels"]) == peers
 
 
 def _primary_port(sentinel: Server) -> int:
-    address: Any = sentinel.client(0.5).sentinel_get_master_addr_by_name(MASTER_NAME)
+    with sentinel.client(0.5) as client:
+        address: Any = client.sentinel_get_master_addr_by_name(MASTER_NAME)
     return int(address[1])
 
 
@@ -192,9 +207,12 @@ class SentinelCluster:
         for server in self.data:
             server.start()
         primary, replicas = self.data[0], self.data[1:]
-        _wait(lambda: bool(primary.client(0.2).ping()), timeout_s, "the primary did not start")
+        _wait(partial(_answers, primary), timeout_s, "the primary did not start")
         for replica in replicas:
             _wait(partial(_synced, replica), timeout_s, f"{replica.name} did not sync")
+        # After a diskless sync the primary streams nothing new until the replica's first
+        # acknowledgement (up to a second later): a write in between dies with the primary.
+        _wait(partial(_streaming, primary, len(replicas)), timeout_s, "replication is not on")
         for sentinel in self.sentinels:
             sentinel.start()
         for sentinel in self.sentinels:
@@ -268,7 +286,8 @@ class SentinelCluster:
             ports = {_primary_port(s) for s in self.sentinels if s.running}
             if len(ports) != 1 or old.port in ports:
                 return False
-            info: dict[str, Any] = self.server(ports.pop()).client(0.5).info("replication")
+            with self.server(ports.pop()).client(0.5) as client:
+                info: dict[str, Any] = client.info("replication")
             return bool(info["role"] == "master")
 
         _wait(promoted, timeout_s, "the Sentinels did not promote a replica:\n" + self.logs())
