@@ -52,6 +52,9 @@ class IngressConfig:
     log_level: str = Settings.model_fields["log_level"].default
     log_client_ips: bool = Settings.model_fields["log_client_ips"].default
     reconcile_after_s: int = Settings.model_fields["reconcile_after_s"].default
+    # An acknowledgement waits for this many replicas (REDIS_WAIT_REPLICAS; 0 = not at all).
+    wait_replicas: int = Settings.model_fields["redis_wait_replicas"].default
+    wait_timeout_s: float = Settings.model_fields["redis_wait_timeout_s"].default
 
 
 def _split(value: str) -> list[str]:
@@ -71,6 +74,12 @@ def load_config() -> IngressConfig:
             "no webhook secret: set INGRESS_SECRET, or FUNNELFOX_SECRET (the project's secret "
             "key, which FunnelFox sends in the Fox-Secret-Key header)"
         )
+    if common.redis_wait_replicas and common.redis_wait_timeout_s >= ingress.broker_timeout_s:
+        raise ConfigError(
+            f"REDIS_WAIT_TIMEOUT_S ({common.redis_wait_timeout_s:g}) must be below "
+            f"INGRESS_BROKER_TIMEOUT_S ({ingress.broker_timeout_s:g}), which bounds every "
+            "Redis call of the ingress"
+        )
     return IngressConfig(
         secret=secret,
         redis_url=common.redis_url,
@@ -79,6 +88,8 @@ def load_config() -> IngressConfig:
         max_body_bytes=ingress.max_body_bytes,
         dedupe_ttl_s=common.dedupe_ttl_s,
         broker_timeout_s=ingress.broker_timeout_s,
+        wait_replicas=common.redis_wait_replicas,
+        wait_timeout_s=common.redis_wait_timeout_s,
         log_format=common.log_format,
         log_level=common.log_level,
         log_client_ips=common.log_client_ips,

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 from functools import cached_property
 from typing import Any, Literal
-from urllib.parse import parse_qs, urlsplit
 
 from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -22,6 +21,7 @@ from config.destinations import (
     check_whsec,
     load_destinations_file,
 )
+from config.redis_url import check_redis_url
 
 
 class ConfigError(Exception):
@@ -146,6 +146,12 @@ class Settings(BaseSettings):
     model_config = _config("")
 
     redis_url: str = "redis://localhost:6379/0"
+    # Replication to a standby is asynchronous: a failover loses the primary's last writes.
+    # With N > 0, an acknowledgement (the ingress's 202 or 200 duplicate, `enqueue`'s exit 0)
+    # waits until N replicas hold the message (WAIT), and fails (503, exit 1) if they do not
+    # within REDIS_WAIT_TIMEOUT_S. 0 = acknowledge once the primary has it.
+    redis_wait_replicas: int = Field(0, ge=0)
+    redis_wait_timeout_s: float = Field(0.25, gt=0, le=10)
     output_stream: str | None = None
     output_stream_maxlen: int = Field(100_000, ge=1)
     # Measured on 2 cores (sessions/s at 0/50 ms upstream, summed RSS): 1 process 498/366 at
@@ -253,31 +259,6 @@ class Settings(BaseSettings):
         self.check_sinks()
         if self.funnelfox.secret is None or not self.funnelfox.secret.get_secret_value():
             raise ConfigError("FUNNELFOX_SECRET is required to fetch sessions")
-
-
-REDIS_SCHEMES = ("redis", "rediss", "unix")
-
-
-def check_redis_url(url: str) -> None:
-    """Raise ValueError saying what is wrong with a Redis URL (never echoing its password)."""
-    parts = urlsplit(url)
-    if parts.scheme not in REDIS_SCHEMES:
-        shown = f"'{parts.scheme}://'" if "://" in url else "no scheme"
-        raise ValueError(
-            f"must start with redis://, rediss:// or unix:// ({shown} given), "
-            "e.g. redis://localhost:6379/0"
-        )
-    if parts.scheme != "unix" and not parts.hostname:
-        raise ValueError("names no host, e.g. redis://localhost:6379/0")
-    try:
-        parts.port  # noqa: B018 - urllib validates the port when it is read
-    except ValueError:
-        raise ValueError("has a port that is not a number from 0 to 65535") from None
-    db = parse_qs(parts.query).get("db", [""])[0]
-    if parts.scheme != "unix":
-        db = parts.path.lstrip("/") or db
-    if db and not (db.isdigit() and int(db) < 2**16):
-        raise ValueError(f"has a database index that is not a whole number ({db!r})")
 
 
 def _env_name(model: type[BaseSettings], loc: tuple[Any, ...]) -> str:

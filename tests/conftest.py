@@ -11,6 +11,7 @@ import redis
 from workshop.funnelfox import FunnelFoxSimulator
 from workshop.receiver import DEMO_WEBHOOK_SECRET, WebhookReceiver
 from workshop.redis_server import EmbeddedRedis, redis_reachable
+from workshop.sentinel import SentinelCluster
 
 FOX_SECRET = "secret_test_0123456789"
 # A database of its own, never db 0 (a user's data), and likely not another test run's:
@@ -55,6 +56,13 @@ def aof_redis() -> Iterator[EmbeddedRedis]:
     """A Redis of the test's own with AOF on (fsync always), to be killed and restarted."""
     with EmbeddedRedis(appendonly=True) as server:
         yield server
+
+
+@pytest.fixture
+def sentinel_cluster() -> Iterator[SentinelCluster]:
+    """A primary, a replica and three Sentinels of the test's own (down after 1 s)."""
+    with SentinelCluster() as cluster:
+        yield cluster
 
 
 @pytest.fixture

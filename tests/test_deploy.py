@@ -5,7 +5,10 @@ Rules checked here:
   ``${PORT:-N}`` resolved to N, the port the container listens on (a bare ``$PORT`` has no
   fixed value, so it is refused);
 - every variable compose passes and every variable ``.env.example`` names is read by some
-  settings model, and every variable a settings model reads is in ``.env.example``.
+  settings model, and every variable a settings model reads is in ``.env.example``;
+- the optional "sentinel" profile (a replica, three Sentinels) is off by default, and with
+  ``compose.sentinel.env`` every process's REDIS_URL names exactly its Sentinels and the
+  primary they watch.
 """
 
 from __future__ import annotations
@@ -26,6 +29,9 @@ from pydantic_settings import BaseSettings
 from tests.processes import ROOT
 
 APP_SERVICES = ("worker", "web", "flower")
+SENTINEL_SERVICES = ("redis-replica", "sentinel-1", "sentinel-2", "sentinel-3")
+_INTERPOLATION = re.compile(r"\$\{(\w+)(?::-([^}]*))?\}")
+_MONITOR = re.compile(r"sentinel monitor (\S+) (\S+) (\d+) (\d+)")
 _SETTINGS_CLASS = re.compile(r"^class \w+\(BaseSettings\):", re.MULTILINE)
 _ASSIGNMENT = re.compile(r"^#?\s*([A-Z][A-Z0-9_]*)=(.*)$")
 _PORT_DEFAULT = re.compile(r"\$\{PORT:-(\d+)\}")
@@ -44,6 +50,26 @@ def service(name: str) -> dict[str, Any]:
     services = compose()["services"]
     assert name in services, f"no {name} service in docker-compose.yml"
     return dict(services[name])
+
+
+def interpolate(value: str, env: dict[str, str]) -> str:
+    """``${NAME}`` and ``${NAME:-default}`` resolved as compose resolves them from ``env``."""
+    return _INTERPOLATION.sub(lambda m: env.get(m.group(1)) or m.group(2) or "", value)
+
+
+def compose_env_file(name: str) -> dict[str, str]:
+    """A file for ``docker compose --env-file``: NAME=value lines."""
+    entries = {}
+    for line in (ROOT / name).read_text().splitlines():
+        if line.strip() and not line.lstrip().startswith("#"):
+            key, _, value = line.partition("=")
+            entries[key.strip()] = value.strip()
+    return entries
+
+
+def text(command: str | list[str]) -> str:
+    """A compose command as one string."""
+    return " ".join(command) if isinstance(command, list) else command
 
 
 def procfile() -> dict[str, str]:
@@ -143,8 +169,68 @@ def test_service_reads_the_env_file_and_the_compose_redis(name: str) -> None:
     app = service(name)
     env_files = app["env_file"] if isinstance(app["env_file"], list) else [app["env_file"]]
     assert ".env" in env_files
-    assert app["environment"]["REDIS_URL"].startswith("redis://redis:6379/")
+    environment = {k: interpolate(v, {}) for k, v in app["environment"].items()}
+    assert environment["REDIS_URL"].startswith("redis://redis:6379/")
+    assert environment["REDIS_WAIT_REPLICAS"] == "0"
     assert app["depends_on"]["redis"]["condition"] == "service_healthy"
+
+
+def test_the_sentinel_profile_is_optional() -> None:
+    services = compose()["services"]
+    profiled = {name for name, spec in services.items() if spec.get("profiles")}
+    assert profiled == set(SENTINEL_SERVICES)
+    assert all(services[name]["profiles"] == ["sentinel"] for name in profiled)
+    for name, spec in services.items():
+        if name not in profiled:
+            assert not set(spec.get("depends_on") or {}) & profiled, name
+    assert compose_env_file("compose.sentinel.env")["COMPOSE_PROFILES"] == "sentinel"
+
+
+def test_the_replica_keeps_what_the_primary_keeps() -> None:
+    primary, replica = service("redis"), service("redis-replica")
+    command = text(replica["command"])
+    # It follows whom the Sentinels name, `redis` when none answers (its first start).
+    assert "sentinel get-master-addr-by-name ffe" in command
+    assert "redis-cli -h $$sentinel -p 26379" in command
+    assert "for sentinel in " + " ".join(SENTINEL_SERVICES[1:]) + ";" in command
+    assert "set -- redis 6379" in command
+    assert '--replicaof "$$1" "$$2"' in command
+    for option in ("--appendonly yes", "--maxmemory-policy noeviction"):
+        assert option in text(primary["command"])
+        assert option in command
+    # Each announces its service name, so the Sentinels never hold a stale container IP.
+    assert "--replica-announce-ip redis " in text(primary["command"]) + " "
+    assert "--replica-announce-ip redis-replica" in command
+    assert any(str(volume).endswith(":/data") for volume in replica["volumes"])
+    assert replica["healthcheck"]["test"]
+
+
+def test_the_sentinels_watch_the_primary_and_every_process_follows_them() -> None:
+    from config.redis_url import parse_sentinel_url
+
+    sentinels = [service(name) for name in SENTINEL_SERVICES[1:]]
+    monitors = set()
+    for sentinel in sentinels:
+        found = _MONITOR.search(text(sentinel["command"]))
+        assert found, "a Sentinel that monitors nothing"
+        monitors.add(found.groups())
+    assert len(monitors) == 1, "every Sentinel watches the same primary"
+    ((master, host, port, quorum),) = monitors
+    assert (host, port) == ("redis", "6379")
+    assert f"get-master-addr-by-name {master}" in text(service("redis-replica")["command"])
+    assert int(quorum) == len(sentinels) // 2 + 1, "a majority agrees the primary is down"
+    volumes = [str(v).split(":")[0] for s in sentinels for v in s["volumes"]]
+    assert len(set(volumes)) == len(sentinels), "each Sentinel keeps its own config"
+
+    env = compose_env_file("compose.sentinel.env")
+    for name in APP_SERVICES:
+        environment = {k: interpolate(v, env) for k, v in service(name)["environment"].items()}
+        url = parse_sentinel_url(environment["REDIS_URL"])
+        assert url is not None, name
+        assert url.master == master
+        assert set(url.sentinels) == {(n, 26379) for n in SENTINEL_SERVICES[1:]}
+        # An acknowledgement waits for the one replica there is.
+        assert environment["REDIS_WAIT_REPLICAS"] == "1"
 
 
 def test_workers_scale() -> None:

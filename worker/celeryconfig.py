@@ -7,6 +7,7 @@ from typing import Any
 from config import ConfigError, Settings
 from worker.keys import FETCH_QUEUE, delivery_queue
 from worker.producer import own_queue
+from worker.redis_clients import kombu_broker
 
 
 def task_time_limit_s(settings: Settings) -> int:
@@ -33,6 +34,8 @@ def restore_interval_s(settings: Settings) -> int:
 def celery_config(settings: Settings) -> dict[str, Any]:
     """Celery settings for at-least-once delivery over a Redis broker."""
     visibility = settings.visibility_timeout_s
+    # A Sentinel REDIS_URL becomes kombu's URL list and the primary's name (redis_clients).
+    broker_url, sentinel = kombu_broker(settings.redis_url, connect_timeout_s=5)
     transport = {
         # Unacknowledged messages are redelivered after this long: it must exceed any task's
         # run time and any retry countdown (checked at start; celery#2599, kombu#337).
@@ -51,9 +54,10 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "unacked_mutex_expire": restore_interval_s(settings),
         # 1 = scan on every sweep; the default (10) would make the period ten times longer.
         "unacked_restore_throttle": 1,
+        **sentinel,
     }
     return {
-        "broker_url": settings.redis_url,
+        "broker_url": broker_url,
         "broker_transport_options": transport,
         "broker_connection_retry_on_startup": True,
         "broker_connection_max_retries": None,

@@ -26,6 +26,9 @@ Keys (the worker's own state, all under ``ffe:``):
     ffe:breaker:<destination>:probe   the one probe delivery let through per period
     ffe:ratelimit:destination:<destination>   its fleet-wide rate limit
 
+Channels:
+    ffe:replication-probe        published to (never subscribed) before a WAIT for replicas
+
 kombu's own (read, never written, by this product):
     unacked                      messages taken by a worker and not yet acknowledged
 """
@@ -75,6 +78,10 @@ def backfill_key(digest: str) -> str:
 # Destinations the fleet's workers deliver to: name → queue, written by each worker at start,
 # so the console and the metrics reader know them without the workers' settings.
 SINKS = f"{PREFIX}sinks"
+
+# A PUBLISH here is a write that replicates without touching data (see
+# worker.redis_clients.wait_for_replicas); nothing subscribes to it.
+REPLICATION_PROBE = f"{PREFIX}replication-probe"
 
 LEDGER_OPEN = f"{PREFIX}ledger:open"
 LEDGER_IDLE = f"{PREFIX}ledger:idle"

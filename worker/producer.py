@@ -18,7 +18,7 @@ from kombu.entity import Exchange, Queue
 
 from worker.keys import FETCH_QUEUE, QUEUED_AT_HEADER, delivery_queue
 from worker.ledger import Acceptance, LedgerWriter
-from worker.redis_clients import sync_client
+from worker.redis_clients import kombu_broker, sync_client
 from worker.work import Work
 
 QUEUE = FETCH_QUEUE
@@ -60,8 +60,9 @@ class Publisher(Protocol):
         """Release connections."""
 
 
-def producer_config(broker_url: str, timeout_s: float) -> dict[str, Any]:
+def producer_config(redis_url: str, timeout_s: float) -> dict[str, Any]:
     """Celery settings for a producer that fails fast when the broker is away."""
+    broker_url, sentinel = kombu_broker(redis_url, connect_timeout_s=timeout_s)
     return {
         "broker_url": broker_url,
         "broker_transport_options": {
@@ -70,6 +71,7 @@ def producer_config(broker_url: str, timeout_s: float) -> dict[str, Any]:
             "retry_on_timeout": False,
             # kombu otherwise retries a refused connection for ~6 s before raising.
             "max_retries": 0,
+            **sentinel,
         },
         "broker_connection_retry": False,
         "broker_pool_limit": POOL_SIZE,
@@ -101,11 +103,11 @@ class Producer:
         self._producer: Any = None
 
     @classmethod
-    def connect(cls, broker_url: str, *, timeout_s: float = 10.0) -> Producer:
-        """A producer of its own, for a process that is not a worker."""
+    def connect(cls, redis_url: str, *, timeout_s: float = 10.0) -> Producer:
+        """A producer of its own, for a process that is not a worker (``REDIS_URL``'s broker)."""
         app = Celery("funnelfox-enricher-producer", set_as_current=False)
-        app.conf.update(producer_config(broker_url, timeout_s))
-        client = sync_client(broker_url, timeout_s=timeout_s, connect_timeout_s=timeout_s)
+        app.conf.update(producer_config(redis_url, timeout_s))
+        client = sync_client(redis_url, timeout_s=timeout_s, connect_timeout_s=timeout_s)
         return cls(app, LedgerWriter(client))
 
     @contextmanager

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Iterable
-from urllib.parse import urlsplit
+from urllib.parse import parse_qsl, unquote, urlsplit
 
 from pydantic import SecretStr
 
@@ -33,8 +33,14 @@ def make_scrubber(secrets: Iterable[SecretStr | str | None]) -> Callable[[str], 
 
 
 def url_secrets(url: str | None) -> list[str]:
-    """The parts of a URL that may be a secret: its password and its query string."""
+    """The parts of a URL that may be a secret: its password (as written and decoded), its
+    query string, and the value of any query option named like a password
+    (``?password=``, a Sentinel URL's ``sentinel_password=``)."""
     if not url:
         return []
     parts = urlsplit(url)
-    return [value for value in (parts.password, parts.query) if value]
+    found = [parts.password, parts.query]
+    if parts.password:
+        found.append(unquote(parts.password))
+    found += [value for key, value in parse_qsl(parts.query) if "password" in key.lower()]
+    return list(dict.fromkeys(value for value in found if value))

@@ -5,8 +5,12 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from config import ConfigError, Settings, load_settings
+
+if TYPE_CHECKING:
+    from worker.cli.replicated import ReplicaCheck
 
 # A configuration problem (a variable missing or wrong, Redis not answering).
 EXIT_CONFIG = 2
@@ -100,6 +104,7 @@ def _enqueue(settings: Settings, ids: list[str]) -> int:
     from worker.cli.enqueue import enqueue, read_ids
     from worker.producer import Producer
 
+    check = _replica_check(settings)
     producer = Producer.connect(settings.redis_url)
     try:
         report = enqueue(read_ids(ids, sys.stdin), producer, batch_size=settings.worker_batch_size)
@@ -107,7 +112,13 @@ def _enqueue(settings: Settings, ids: list[str]) -> int:
         producer.close()
     refused = len(report.refused)
     print(f"enqueued {report.enqueued} session id(s), refused {refused}", file=sys.stderr)
-    return 1 if refused else 0
+    return 1 if not check.confirm(sys.stderr) or refused else 0
+
+
+def _replica_check(settings: Settings) -> ReplicaCheck:
+    from worker.cli.replicated import ReplicaCheck
+
+    return ReplicaCheck(settings)
 
 
 def _dlq(settings: Settings, args: argparse.Namespace) -> int:
@@ -123,6 +134,7 @@ def _dlq(settings: Settings, args: argparse.Namespace) -> int:
         return 0
     from worker.producer import Producer
 
+    check = _replica_check(settings)
     producer = Producer.connect(settings.redis_url)
     try:
         plan = replay.replay(
@@ -137,4 +149,4 @@ def _dlq(settings: Settings, args: argparse.Namespace) -> int:
         f"{sum(len(w) for w in plan.deliveries.values())} deliver(ies)",
         file=sys.stderr,
     )
-    return 0
+    return 0 if check.confirm(sys.stderr) else 1

@@ -115,7 +115,11 @@ def openapi_document() -> dict[str, Any]:
             "413": _json("The body is over INGRESS_MAX_BODY_BYTES.", "Error"),
             "422": _json("The JSON is not an event, or its session id is invalid.", "Error"),
             "503": _json(
-                "The broker is unreachable; nothing was queued, retry.", "Error", _RETRY_AFTER
+                "The broker is unreachable and nothing was queued (`broker_unavailable`), or "
+                "the event is queued but fewer than REDIS_WAIT_REPLICAS replicas confirmed it "
+                "in time (`not_replicated`); retry.",
+                "Error",
+                _RETRY_AFTER,
             ),
         },
     }

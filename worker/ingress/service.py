@@ -3,6 +3,8 @@
 Order of checks on ``POST /webhooks/funnelfox``, cheapest and least revealing first:
 secret (401) → size (413) → JSON (400) → envelope (422) → event type / sandbox (200 ignored)
 → session id (422) → dedupe marker (200 duplicate) → publish (202, or 503 when the broker fails).
+With REDIS_WAIT_REPLICAS, a 202 or 200 duplicate is sent only once that many replicas hold the
+event's task, so a failover to one of them cannot lose an acknowledged event (else 503).
 """
 
 from __future__ import annotations
@@ -37,7 +39,12 @@ from worker.keys import LEDGER_IDLE, ledger_key
 from worker.ledger import UNFINISHED
 from worker.metrics import render as render_metrics
 from worker.producer import POOL_SIZE, Producer, Publisher
-from worker.redis_clients import async_fail_fast_client, sync_client
+from worker.redis_clients import (
+    async_fail_fast_client,
+    primary_id,
+    sync_client,
+    wait_for_replicas,
+)
 
 log = logging.getLogger("worker.ingress")
 
@@ -210,6 +217,8 @@ class Ingress:
         markers = EventMarkers(self._markers_redis(), dedupe_ttl_s=self.config.dedupe_ttl_s)
         context = {"session_id": session_id}
         try:
+            # Which primary takes this event's writes, so the wait for replicas can tell.
+            primary = await primary_id(self._markers_redis()) if self.config.wait_replicas else ""
             claim = await markers.claim(event.id)
         except Exception as exc:
             log.warning(
@@ -220,6 +229,9 @@ class Ingress:
             )
             return self._unavailable()
         if claim is Claim.DUPLICATE and not await self._lost(session_id):
+            # Its first copy may have been acknowledged unreplicated (and answered 503).
+            if not await self._replicated(event.id, primary, context):
+                return self._not_replicated()
             log.info("event %s is a duplicate; acknowledged", event.id, extra=context)
             return JSONResponse({"status": "duplicate", "session_id": session_id, **ids})
         if claim is Claim.IN_PROGRESS:
@@ -256,6 +268,10 @@ class Ingress:
             log.warning(
                 "event %s: marker not confirmed (%s)", event.id, type(exc).__name__, extra=context
             )
+        if not await self._replicated(event.id, primary, context):
+            # The task is queued and its marker confirmed: FunnelFox's retry is answered
+            # "duplicate" once a replica has both, or queues it again if a failover lost them.
+            return self._not_replicated()
         log.info("event %s enqueued", event.id, extra=context)
         return JSONResponse(
             {"status": "enqueued", "session_id": session_id, **ids}, status_code=202
@@ -281,6 +297,26 @@ class Ingress:
         overdue = time.time() - self.config.reconcile_after_s
         return state.decode() in UNFINISHED and expected_by is not None and expected_by < overdue
 
+    async def _replicated(self, event_id: str, primary: str, context: dict[str, str]) -> bool:
+        """Whether REDIS_WAIT_REPLICAS replicas of ``primary`` hold every write so far (True
+        when it is 0)."""
+        wanted = self.config.wait_replicas
+        if not wanted:
+            return True
+        try:
+            got = await wait_for_replicas(
+                self._markers_redis(), wanted, self.config.wait_timeout_s, primary=primary
+            )
+        except Exception as exc:
+            got = 0
+            problem = type(exc).__name__
+        else:
+            problem = f"{got} of {wanted} replica(s) within {self.config.wait_timeout_s:g} s"
+        if got >= wanted:
+            return True
+        log.warning("event %s not acknowledged: %s", event_id, problem, extra=context)
+        return False
+
     def _publish(self, session_id: str, trigger: dict[str, Any]) -> None:
         assert self._publisher is not None, "set in lifespan"
         self._publisher.publish(session_id, trigger)
@@ -288,6 +324,17 @@ class Ingress:
     def _markers_redis(self) -> aioredis.Redis:
         assert self._redis is not None, "set in lifespan"
         return self._redis
+
+    @staticmethod
+    def _not_replicated() -> Response:
+        return JSONResponse(
+            {
+                "error": "not_replicated",
+                "message": "the event is queued but no standby confirmed it in time; retry",
+            },
+            status_code=503,
+            headers={"Retry-After": "5"},
+        )
 
     @staticmethod
     def _unavailable() -> Response:

@@ -238,6 +238,7 @@ def _run(
 
     from worker.cli.backfill.pages import BackfillError, SessionPages, make_sync_client
     from worker.cli.enqueue import enqueue_ids
+    from worker.cli.replicated import ReplicaCheck
     from worker.fleet import registered_sinks
     from worker.producer import Producer
     from worker.redis_clients import async_client, sync_client
@@ -257,6 +258,7 @@ def _run(
         sync_redis, filter_.identity(settings.funnelfox.api_url), ttl_s=settings.dedupe_ttl_s
     )
 
+    check = ReplicaCheck(settings)
     producer = Producer.connect(settings.redis_url)
 
     def send(ids: list[str]) -> None:
@@ -320,6 +322,8 @@ def _run(
         print(f"backfill: stopped at --limit {args.limit}; run again to continue", file=err)
     elif not args.dry_run:
         print("backfill: finished", file=err)
+    if not args.dry_run and not check.confirm(err):
+        return EXIT_ERROR
     return EXIT_ERROR if backfill.counts.refused else 0
 
 
