@@ -18,8 +18,8 @@ from conftest import FOX_SECRET
 from processes import run_cli
 from pydantic import SecretStr
 from test_ingress import AUTH, WEBHOOK, LiveServer, event, queued
-from config.ingress import IngressConfig
 
+from config.ingress import IngressConfig
 from worker.ingress.service import create_app
 from worker.producer import Producer
 from worker.redis_clients import (
