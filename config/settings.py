@@ -157,6 +157,10 @@ class Settings(BaseSettings):
     # A session neither finished nor scheduled that made no progress for this long is
     # published again by the reconciler (every worker runs one; one at a time).
     reconcile_after_s: int = Field(300, ge=1)
+    # How long a session's built enrichment is kept after a run started by a FunnelFox event,
+    # so its conversions (purchase and subscription events) need no FunnelFox request;
+    # 0: conversions always fetch their session. Memory: ~1.4 kB a session (README).
+    enrichment_cache_ttl_s: int = Field(3600, ge=0)
     # Off only to measure what the ledger costs (make bench): without it, retries wait in the
     # broker and lost messages are not noticed.
     ledger_enabled: bool = True

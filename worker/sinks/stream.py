@@ -10,6 +10,7 @@ import redis.asyncio as aioredis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
+from redis.typing import EncodableT, FieldT
 
 from config.destinations import Destination, StreamDestination
 from worker import errors
@@ -17,7 +18,8 @@ from worker.sinks.base import Delivery, Outcome, Resources, Sink
 
 
 class StreamSink(Sink):
-    """Appends ``{session_id, payload}`` entries; one pipelined round trip per batch."""
+    """Appends ``{session_id, payload}`` entries (a conversion's with its ``event_id`` first);
+    one pipelined round trip per batch."""
 
     def __init__(
         self, redis: aioredis.Redis, *, stream: str, maxlen: int, name: str = "stream"
@@ -44,10 +46,16 @@ class StreamSink(Sink):
         try:
             async with self._redis.pipeline(transaction=False) as pipe:
                 for delivery in deliveries:
+                    fields: dict[FieldT, EncodableT] = {
+                        "session_id": delivery.session_id,
+                        "payload": delivery.payload,
+                    }
+                    if delivery.event_id is not None:
+                        fields = {"event_id": delivery.event_id, **fields}
                     # approximate=True lets Redis trim whole macro nodes: cheap, and still bounded.
                     pipe.xadd(
                         self._stream,
-                        {"session_id": delivery.session_id, "payload": delivery.payload},
+                        fields,
                         maxlen=self._maxlen,
                         approximate=True,
                     )

@@ -55,14 +55,19 @@ class WebhookSink(Sink):
         )
         return cls(http, url=destination.url, secrets=destination.secrets, name=destination.name)
 
-    def message_id(self, session_id: str) -> str:
-        """Stable per session and destination, so a receiver can drop repeats of a retry."""
-        digest = hashlib.sha256(f"{self._url}\n{session_id}".encode()).hexdigest()
+    def message_id(self, session_id: str, event_id: str | None = None) -> str:
+        """Stable per session and destination, so a receiver can drop repeats of a retry; a
+        conversion's per event id and destination (never equal to a session's: ids hold no
+        newline)."""
+        subject = session_id if event_id is None else f"event\n{event_id}"
+        digest = hashlib.sha256(f"{self._url}\n{subject}".encode()).hexdigest()
         return f"msg_{digest[:32]}"
 
-    def headers(self, session_id: str, payload: bytes, now: datetime) -> dict[str, str]:
+    def headers(
+        self, session_id: str, payload: bytes, now: datetime, event_id: str | None = None
+    ) -> dict[str, str]:
         """The signed headers for one attempt; the timestamp is the attempt's own."""
-        message_id = self.message_id(session_id)
+        message_id = self.message_id(session_id, event_id)
         text = payload.decode()
         # One "v1,<signature>" per key, space-separated: a receiver holding any one verifies.
         signature = " ".join(signer.sign(message_id, now, text) for signer in self._signers)
@@ -88,7 +93,9 @@ class WebhookSink(Sink):
         return Outcome(error, time.perf_counter() - started)
 
     async def _post(self, delivery: Delivery) -> errors.StageError | None:
-        headers = self.headers(delivery.session_id, delivery.payload, datetime.now(UTC))
+        headers = self.headers(
+            delivery.session_id, delivery.payload, datetime.now(UTC), delivery.event_id
+        )
         try:
             response = await self._http.request(
                 "POST", self._parsed_url, content=delivery.payload, headers=headers
