@@ -1,8 +1,12 @@
-"""The ingress app: FunnelFox webhooks become ``enrich_session`` tasks, answered only once queued.
+"""The ingress app: FunnelFox webhooks become tasks, answered only once queued.
 
 Order of checks on ``POST /webhooks/funnelfox``, cheapest and least revealing first:
 secret (401) → size (413) → JSON (400) → envelope (422) → event type / sandbox (200 ignored)
 → session id (422) → dedupe marker (200 duplicate) → publish (202, or 503 when the broker fails).
+
+A conversion (a purchase or subscription event, ``worker.conversions``) needs no session id:
+its session is looked for in the envelope, ``data`` and ``profile``, and it is queued as its
+own unit, keyed by its event id, whatever is found.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from config.ingress import IngressConfig
+from worker.conversions import Conversion, conversion_of, is_conversion
 from worker.errors import InvalidSessionId
 from worker.ids import check_session_id
 from worker.ingress.body import BadContentLength, BodyTooLarge, read_limited
@@ -184,6 +189,9 @@ class Ingress:
             return JSONResponse(
                 {"status": "ignored", "reason": "sandbox events are off", **ids}, status_code=200
             )
+        if is_conversion(event.type):
+            conversion = conversion_of(event.type, event.session_id, event.model_extra or {})
+            return await self._enqueue(event, conversion.session_id, ids, conversion)
         if event.session_id is None:
             return _error(
                 422,
@@ -203,7 +211,13 @@ class Ingress:
             )
         return await self._enqueue(event, session_id, ids)
 
-    async def _enqueue(self, event: Event, session_id: str, ids: dict[str, str]) -> Response:
+    async def _enqueue(
+        self,
+        event: Event,
+        session_id: str | None,
+        ids: dict[str, str],
+        conversion: Conversion | None = None,
+    ) -> Response:
         markers = EventMarkers(self._markers_redis(), dedupe_ttl_s=self.config.dedupe_ttl_s)
         context = {"session_id": session_id}
         try:
@@ -230,7 +244,11 @@ class Ingress:
         try:
             # Celery's publish blocks: a worker thread keeps the loop serving other requests.
             await anyio.to_thread.run_sync(
-                self._publish, session_id, event.trigger(), limiter=self._limiter
+                self._publish,
+                session_id if conversion is None and session_id else event.id,
+                event.trigger(),
+                conversion,
+                limiter=self._limiter,
             )
         except Exception as exc:
             log.warning(
@@ -258,9 +276,14 @@ class Ingress:
             {"status": "enqueued", "session_id": session_id, **ids}, status_code=202
         )
 
-    def _publish(self, session_id: str, trigger: dict[str, Any]) -> None:
+    def _publish(
+        self, unit_id: str, trigger: dict[str, Any], conversion: Conversion | None
+    ) -> None:
         assert self._publisher is not None, "set in lifespan"
-        self._publisher.publish(session_id, trigger)
+        if conversion is None:
+            self._publisher.publish(unit_id, trigger)
+        else:
+            self._publisher.publish(unit_id, trigger, conversion)
 
     def _markers_redis(self) -> aioredis.Redis:
         assert self._redis is not None, "set in lifespan"
