@@ -177,6 +177,10 @@ class Settings(BaseSettings):
     # delivery every BREAKER_PROBE_S decides when it resumes.
     breaker_failures: int = Field(20, ge=1)
     breaker_probe_s: float = Field(30.0, gt=0)
+    # How long a session's built enrichment is kept after a run started by a FunnelFox event,
+    # so its conversions (purchase and subscription events) need no FunnelFox request;
+    # 0: conversions always fetch their session. Memory: ~1.4 kB a session (README).
+    enrichment_cache_ttl_s: int = Field(3600, ge=0)
     # Off only to measure what the ledger costs (make bench): without it, retries wait in the
     # broker and lost messages are not noticed.
     ledger_enabled: bool = True

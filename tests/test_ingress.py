@@ -27,11 +27,12 @@ from starlette.applications import Starlette
 
 from config import ConfigError
 from config.ingress import IngressConfig, load_config
+from worker.conversions import CONVERSION_TYPES
 from worker.ingress.markers import PENDING_TTL_S
 from worker.ingress.openapi import PUBLISHED, openapi_document, render
 from worker.ingress.service import create_app
-from worker.keys import event_key
-from worker.producer import QUEUE, TASK_NAME
+from worker.keys import event_key, ledger_conversions_key, ledger_key
+from worker.producer import BATCH_TASK_NAME, QUEUE, TASK_NAME
 
 WEBHOOK = "/webhooks/funnelfox"
 AUTH = {"Fox-Secret-Key": FOX_SECRET}
@@ -102,7 +103,7 @@ class FailingPublisher:
     def __init__(self) -> None:
         self.calls = 0
 
-    def publish(self, session_id: str, trigger: dict[str, Any]) -> None:
+    def publish(self, session_id: str, trigger: dict[str, Any], event: object = None) -> None:
         self.calls += 1
         raise ConnectionError("broker refused the connection")
 
@@ -251,6 +252,122 @@ def test_distinct_events_for_one_session_are_each_queued(
     assert len(queued(redis_client)) == 2
 
 
+# -- conversions: purchase and subscription events, each its own unit ----------------------------
+
+SUBSCRIPTION_DATA = {
+    "entitlement": "premium",
+    "expires_at": 1767225600,
+    "session_id": "ses_01HZX3P7Q0V1M2N3B4C5D6E7DA",
+    "vendor": "stripe",
+    "vendor_subscription_id": "sub_1",
+}
+
+
+def conversion(**changes: Any) -> dict[str, Any]:
+    """A subscription.active envelope: no session_id of its own, one in data and profile."""
+    body = event(
+        id="evt_01HZX3P7Q0V1M2N3B4C5D6E7SA",
+        type="subscription.active",
+        session_id=...,
+        data=SUBSCRIPTION_DATA,
+        profile={"id": "pro_1", "session_id": "ses_01HZX3P7Q0V1M2N3B4C5D6E7PR"},
+    )
+    body.update(changes)
+    return {k: v for k, v in body.items() if v is not ...}
+
+
+@pytest.fixture
+def conversions(serve: Callable[..., httpx.Client], config: IngressConfig) -> httpx.Client:
+    types = frozenset({"onboarding.completed", *CONVERSION_TYPES})
+    return serve(replace(config, event_types=types))
+
+
+def test_a_conversion_is_queued_as_its_own_unit_with_its_event(
+    conversions: httpx.Client, redis_client: redis.Redis
+) -> None:
+    response = conversions.post(WEBHOOK, json=conversion(), headers=AUTH)
+
+    assert response.status_code == 202
+    assert response.json() == {
+        "status": "enqueued",
+        "session_id": "ses_01HZX3P7Q0V1M2N3B4C5D6E7DA",  # data.session_id before profile's
+        "event_id": "evt_01HZX3P7Q0V1M2N3B4C5D6E7SA",
+        "type": "subscription.active",
+    }
+    [(task, [[item]], kwargs)] = queued(redis_client)
+    assert (task, kwargs) == (BATCH_TASK_NAME, {})
+    assert item["id"] == "evt_01HZX3P7Q0V1M2N3B4C5D6E7SA"
+    assert item["event"] == {
+        "type": "subscription.active",
+        "data": SUBSCRIPTION_DATA,
+        "session_id": "ses_01HZX3P7Q0V1M2N3B4C5D6E7DA",
+    }
+    assert item["trigger"]["event_id"] == "evt_01HZX3P7Q0V1M2N3B4C5D6E7SA"
+    assert item["trigger"]["type"] == "subscription.active"
+    entry = redis_client.hgetall(ledger_key("evt_01HZX3P7Q0V1M2N3B4C5D6E7SA"))
+    assert (entry[b"st"], entry[b"k"], entry[b"s"]) == (
+        b"queued",
+        b"subscription.active",
+        b"ingress",
+    )
+    listed = redis_client.zrange(ledger_conversions_key("ses_01HZX3P7Q0V1M2N3B4C5D6E7DA"), 0, -1)
+    assert listed == [b"evt_01HZX3P7Q0V1M2N3B4C5D6E7SA"]
+
+
+@pytest.mark.parametrize(
+    ("changes", "session_id", "error"),
+    [
+        ({"session_id": "ses_ENVELOPE"}, "ses_ENVELOPE", None),
+        ({"data": {"price": 999}}, "ses_01HZX3P7Q0V1M2N3B4C5D6E7PR", None),
+        ({"data": {"price": 999}, "profile": ...}, None, "no_session_id"),
+        ({"data": ..., "profile": ...}, None, "no_session_id"),
+        ({"data": {"session_id": "a/b"}}, None, "invalid_session_id"),
+    ],
+)
+def test_a_conversion_is_queued_whatever_session_it_names(
+    conversions: httpx.Client,
+    redis_client: redis.Redis,
+    changes: dict[str, Any],
+    session_id: str | None,
+    error: str | None,
+) -> None:
+    body = conversion(type="purchase.completed", **changes)
+    response = conversions.post(WEBHOOK, json=body, headers=AUTH)
+
+    assert response.status_code == 202
+    assert response.json()["session_id"] == session_id
+    [(_, [[item]], _)] = queued(redis_client)
+    assert item["event"].get("session_id") == session_id
+    assert item["event"].get("session_error") == error
+    assert item["event"]["data"] == body.get("data")
+
+
+def test_a_conversion_is_deduplicated_by_its_event_id(
+    conversions: httpx.Client, redis_client: redis.Redis
+) -> None:
+    first = conversions.post(WEBHOOK, json=conversion(), headers=AUTH)
+    again = conversions.post(WEBHOOK, json=conversion(), headers=AUTH)
+    other = conversions.post(WEBHOOK, json=conversion(id="evt_other"), headers=AUTH)
+
+    assert [first.status_code, again.status_code, other.status_code] == [202, 200, 202]
+    assert again.json()["status"] == "duplicate"
+    assert [item["id"] for _, [[item]], _ in queued(redis_client)] == [
+        "evt_01HZX3P7Q0V1M2N3B4C5D6E7SA",
+        "evt_other",
+    ]
+
+
+def test_a_conversion_given_back_when_the_broker_fails(
+    serve: Callable[..., httpx.Client], config: IngressConfig, redis_client: redis.Redis
+) -> None:
+    broken = FailingPublisher()
+    failing = serve(replace(config, event_types=CONVERSION_TYPES), publisher=broken)
+
+    assert failing.post(WEBHOOK, json=conversion(), headers=AUTH).status_code == 503
+    assert broken.calls == 1
+    assert nothing_queued(redis_client)
+
+
 # -- events that are acknowledged but not queued -----------------------------------------------
 
 
@@ -268,15 +385,15 @@ def test_other_event_types_are_ignored(
 def test_event_types_are_configurable(
     serve: Callable[..., httpx.Client], config: IngressConfig, redis_client: redis.Redis
 ) -> None:
-    client = serve(replace(config, event_types=frozenset({"purchase.completed"})))
+    client = serve(replace(config, event_types=frozenset({"onboarding.started"})))
 
     ignored = client.post(WEBHOOK, json=event(), headers=AUTH)
-    taken = client.post(WEBHOOK, json=event(id="evt_p", type="purchase.completed"), headers=AUTH)
+    taken = client.post(WEBHOOK, json=event(id="evt_p", type="onboarding.started"), headers=AUTH)
 
     assert ignored.json()["status"] == "ignored"
     assert taken.status_code == 202
     assert [kwargs["trigger"]["type"] for _, _, kwargs in queued(redis_client)] == [
-        "purchase.completed"
+        "onboarding.started"
     ]
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import io
 import json
 import time
 from collections.abc import Sequence
@@ -12,9 +13,21 @@ import orjson
 import redis
 import redis.asyncio as aioredis
 
-from worker.keys import DUE, LEDGER_COUNTS, LEDGER_IDLE, LEDGER_OPEN, QUEUED_AT_HEADER, ledger_key
-from worker.ledger import Acceptance, Event, Ledger, LedgerWriter
-from worker.schedule import DueRetries, Reconciler
+from config import load_settings
+from worker.cli.status import main as status_main
+from worker.conversions import Conversion
+from worker.keys import (
+    DUE,
+    LEDGER_COUNTS,
+    LEDGER_IDLE,
+    LEDGER_OPEN,
+    QUEUED_AT_HEADER,
+    ledger_conversions_key,
+    ledger_key,
+    ledger_trigger_key,
+)
+from worker.ledger import CONVERSIONS_LISTED, Acceptance, Event, Ledger, LedgerWriter
+from worker.schedule import Candidate, DueRetries, Reconciler
 from worker.work import Work
 
 
@@ -239,3 +252,123 @@ def test_a_finished_session_costs_little(redis_url: str, redis_client: redis.Red
     assert size is not None
     assert size <= 400, size
     assert orjson.loads(orjson.dumps(entry(redis_client, sid)))["st"] == "delivered"
+
+
+# -- conversions: units keyed by their event id, listed under their session ---------------------
+
+
+def conversion_work(event_id: str, session_id: str | None, **data: object) -> Work:
+    kind = "subscription.active" if session_id else "purchase.completed"
+    event = Conversion(kind, data, session_id, None if session_id else "no_session_id")
+    return Work(event_id, trigger={"event_id": event_id, "type": kind}, event=event)
+
+
+def test_a_conversion_has_its_own_entry_listed_under_its_session(
+    redis_url: str, redis_client: redis.Redis
+) -> None:
+    writer = LedgerWriter(redis_client, ttl_s=60)
+    writer.accept([Acceptance("ses_s", {"event_id": "evt_done"})], "ingress")
+    sub = conversion_work("evt_sub", "ses_s", vendor="stripe")
+    alone = conversion_work("evt_alone", None)
+    assert writer.accept([Acceptance.of(sub), Acceptance.of(alone)], "ingress") == ["", ""]
+
+    found = entry(redis_client, "evt_sub")
+    assert (found["st"], found["k"], found["ss"], found["e"]) == (
+        "queued",
+        "subscription.active",
+        "ses_s",
+        "evt_sub",
+    )
+    assert "ss" not in entry(redis_client, "evt_alone")
+    assert redis_client.zrange(ledger_conversions_key("ses_s"), 0, -1) == [b"evt_sub"]
+    assert 0 < redis_client.ttl(ledger_conversions_key("ses_s")) <= 60
+    assert entry(redis_client, "ses_s")["st"] == "queued"  # the session's own entry untouched
+    assert counts(redis_client)["queued"] == 3
+
+    # The reconciler rebuilds the conversion, event and all, from its trigger key.
+    trigger = redis_client.get(ledger_trigger_key("evt_sub"))
+    rebuilt = Candidate("evt_sub", 0.0, found, trigger).work()
+    assert rebuilt == Work(
+        "evt_sub", first_seen_at=float(found["a"]), trigger=sub.trigger, event=sub.event
+    )
+
+    record(
+        redis_url, [Event(sub, "fetch", "ok", "f", "d", "reused", destinations={"webhook": "q"})]
+    )
+    [done] = record(redis_url, [Event(sub, "deliver:webhook", "ok", "d:webhook", "d")])
+    assert done.after == "delivered"
+    assert not redis_client.exists(ledger_trigger_key("evt_sub"))
+    fetched = attempts(redis_client, "evt_sub")[1].split(",")
+    assert (fetched[0], fetched[2], fetched[3]) == ("f", "ok", "reused")
+
+
+def test_a_session_lists_its_latest_conversions_only(redis_client: redis.Redis) -> None:
+    writer = LedgerWriter(redis_client, ttl_s=60)
+    for n in range(CONVERSIONS_LISTED + 5):
+        writer.accept([Acceptance.of(conversion_work(f"evt_{n:02d}", "ses_many"))], "ingress")
+    writer.accept([Acceptance.of(conversion_work("evt_03", "ses_many"))], "replay")  # again
+    listed = [m.decode() for m in redis_client.zrange(ledger_conversions_key("ses_many"), 0, -1)]
+    assert len(listed) == CONVERSIONS_LISTED
+    assert listed[-1] == "evt_03"
+    assert "evt_00" not in listed
+
+
+def test_the_reconciler_publishes_a_lost_conversion_with_its_event(
+    redis_client: redis.Redis,
+) -> None:
+    now = time.time()
+    lost = conversion_work("evt_lost", "ses_of_lost", price=999)
+    LedgerWriter(redis_client).accept([Acceptance.of(lost)], "ingress")
+    redis_client.zadd(LEDGER_IDLE, {"evt_lost": now - 900})
+    published: list[Work] = []
+    reconciler = Reconciler(redis_client, after_s=300, batch_size=100, lock_ttl_s=10)
+
+    assert reconciler.run_once(published.extend, now=now) == ["evt_lost"]
+    [work] = published
+    assert (work.session_id, work.event, work.trigger) == ("evt_lost", lost.event, lost.trigger)
+
+
+def test_status_tells_a_conversion_and_lists_a_sessions_conversions(
+    redis_url: str, redis_client: redis.Redis
+) -> None:
+    writer = LedgerWriter(redis_client)
+    writer.accept([Acceptance("ses_told", {"event_id": "evt_done"})], "ingress")
+    sub = conversion_work("evt_told", "ses_told")
+    writer.accept([Acceptance.of(sub)], "ingress")
+    record(
+        redis_url, [Event(sub, "fetch", "ok", "f", "d", "reused", destinations={"webhook": "q"})]
+    )
+    record(redis_url, [Event(sub, "deliver:webhook", "ok", "d:webhook", "d")])
+    writer.accept([Acceptance.of(conversion_work("evt_early", "ses_unseen"))], "ingress")
+
+    out, err = io.StringIO(), io.StringIO()
+    settings = load_settings(require_sink=False, redis_url=redis_url)
+    code = status_main(
+        settings, ["ses_told", "evt_told", "ses_unseen", "ses_none"], out=out, err=err
+    )
+
+    assert code == 1
+    assert "ses_none: unknown" in err.getvalue()
+    session, told, unseen = (json.loads(line) for line in out.getvalue().splitlines())
+    assert session["session_id"] == "ses_told"
+    assert session["state"] == "queued"
+    assert session["conversions"] == [
+        {"event_id": "evt_told", "type": "subscription.active", "state": "delivered"}
+    ]
+    assert (told["event_id"], told["type"], told["session_id"]) == (
+        "evt_told",
+        "subscription.active",
+        "ses_told",
+    )
+    assert told["state"] == "delivered"
+    assert told["destinations"] == {"webhook": "delivered"}
+    assert [(a["stage"], a["outcome"]) for a in told["attempts"]] == [
+        ("accepted", "ok"),
+        ("fetch", "ok"),
+        ("deliver:webhook", "ok"),
+    ]
+    assert told["attempts"][1]["detail"] == "reused"
+    assert "conversions" not in told
+    # A session whose conversion came first (or that was never accepted) still shows them.
+    assert unseen["state"] is None
+    assert [c["event_id"] for c in unseen["conversions"]] == ["evt_early"]

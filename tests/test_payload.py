@@ -11,9 +11,15 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from worker.conversions import CONVERSION_TYPES, Conversion
 from worker.enrich import enrich
-from worker.payload import build_payload, payload_json_schema
-from worker.schema import PUBLISHED, render
+from worker.payload import (
+    build_conversion_payload,
+    build_payload,
+    enriched,
+    payload_json_schema,
+)
+from worker.schema import PUBLISHED, PUBLISHED_EVERY_TYPE, render
 from worker.validate import parse_session
 from workshop.sessions import make_session
 
@@ -33,8 +39,14 @@ TRIGGER = {
 VALIDATOR = jsonschema.Draft202012Validator(json.loads(PUBLISHED.read_text()))
 
 
+EVERY_TYPE = jsonschema.Draft202012Validator(json.loads(PUBLISHED_EVERY_TYPE.read_text()))
+
+
 def test_published_schema_is_current() -> None:
     assert PUBLISHED.read_text() == render(), "run: python -m worker.schema > " + str(PUBLISHED)
+    assert PUBLISHED_EVERY_TYPE.read_text() == render("payload"), (
+        "run: python -m worker.schema payload > " + str(PUBLISHED_EVERY_TYPE)
+    )
 
 
 def payload_for(session_id: str, trigger: dict[str, object] | None = None) -> dict[str, object]:
@@ -60,6 +72,7 @@ SHAPED = [
 def test_simulated_sessions_validate_against_the_published_schema(session_id: str) -> None:
     VALIDATOR.validate(payload_for(session_id, TRIGGER))
     VALIDATOR.validate(payload_for(session_id))
+    EVERY_TYPE.validate(payload_for(session_id, TRIGGER))
 
 
 def test_shape() -> None:
@@ -203,3 +216,106 @@ def test_schema_rejects_a_wrong_payload() -> None:
     payload["type"] = "session.other"
     with pytest.raises(jsonschema.ValidationError):
         jsonschema.validate(payload, schema)
+
+
+# -- conversions: a FunnelFox purchase or subscription event, delivered under its own type ------
+
+SUBSCRIPTION = {
+    "entitlement": "premium",
+    "expires_at": "2026-02-01T00:00:00Z",
+    "session_id": "ses_conv",
+    "starts_at": "2026-01-01T00:00:00Z",
+    "vendor": "stripe",
+    "vendor_product_id": "prod_1",
+    "vendor_profile_id": "cus_1",
+    "vendor_subscription_id": "sub_1",
+    "vendor_transaction_id": "txn_1",
+}
+
+
+def conversion_for(
+    event_type: str,
+    session_id: str | None,
+    data: object = None,
+    session_error: str | None = None,
+) -> dict[str, object]:
+    trigger = {**TRIGGER, "event_id": "evt_conv", "type": event_type}
+    conversion = Conversion(event_type, data, session_id)
+    session = None
+    if session_id is not None:
+        raw, model = parse_session(orjson.dumps(make_session(session_id)), session_id)
+        session = enriched(raw, enrich(model))
+    payload = build_conversion_payload(conversion, session, session_error, trigger, NOW)
+    return orjson.loads(payload)  # type: ignore[no-any-return]
+
+
+@pytest.mark.parametrize("event_type", sorted(CONVERSION_TYPES))
+def test_every_conversion_type_is_delivered_as_itself_and_fits_the_schema(
+    event_type: str,
+) -> None:
+    payload = conversion_for(event_type, "ses_conv", SUBSCRIPTION)
+    EVERY_TYPE.validate(payload)
+    assert payload["type"] == event_type
+    assert payload["timestamp"] == "2026-01-02T03:04:05Z"
+    data = payload["data"]
+    assert isinstance(data, dict)
+    assert list(data) == ["session", "enrichment", "session_error", "trigger", "event"]
+    assert data["event"] == SUBSCRIPTION
+    assert data["session_error"] is None
+    assert data["trigger"]["type"] == event_type
+    with pytest.raises(jsonschema.ValidationError):
+        VALIDATOR.validate(payload)  # session.enriched's own schema is that type alone
+
+
+def test_a_conversion_carries_its_session_as_session_enriched_does() -> None:
+    session_payload = payload_for("ses_conv-extra", TRIGGER)
+    conversion = conversion_for("subscription.active", "ses_conv-extra", SUBSCRIPTION)
+    assert conversion["data"]["session"] == session_payload["data"]["session"]  # type: ignore[index]
+    assert conversion["data"]["enrichment"] == session_payload["data"]["enrichment"]  # type: ignore[index]
+    assert conversion["data"]["enrichment"]["answers"]  # type: ignore[index]
+
+
+def test_a_conversions_session_is_spliced_in_byte_for_byte() -> None:
+    body = orjson.dumps(make_session("ses_exact"))[:-1] + b', "big": 12345678901234567890123}'
+    raw, session = parse_session(body, "ses_exact")
+    payload = build_conversion_payload(
+        Conversion("purchase.completed", {"price": 999}, "ses_exact"),
+        enriched(raw, enrich(session)),
+        None,
+        None,
+        NOW,
+    )
+    assert b'"session":' + body + b',"enrichment":' in payload
+
+
+@pytest.mark.parametrize(
+    "reason", ["no_session_id", "invalid_session_id", "not_found", "rejected", "invalid_payload"]
+)
+def test_a_conversion_without_its_session_says_why(reason: str) -> None:
+    payload = conversion_for("purchase.completed", None, {"price": 999}, reason)
+    EVERY_TYPE.validate(payload)
+    assert payload["data"] == {
+        "session": None,
+        "enrichment": None,
+        "session_error": reason,
+        "trigger": {**TRIGGER, "event_id": "evt_conv", "type": "purchase.completed"},
+        "event": {"price": 999},
+    }
+
+
+@pytest.mark.parametrize("data", [None, [], "text", 3, {"deep": {"list": [1, None, True]}}])
+def test_the_events_data_is_delivered_whatever_its_shape(data: object) -> None:
+    payload = conversion_for("purchase.completed", "ses_any_data", data)
+    EVERY_TYPE.validate(payload)
+    assert payload["data"]["event"] == data  # type: ignore[index]
+
+
+def test_the_schema_of_every_type_refuses_what_no_type_is() -> None:
+    payload = conversion_for("subscription.active", "ses_conv", SUBSCRIPTION)
+    for change in (
+        {"type": "subscription.expired"},
+        {"data": {**payload["data"], "session_error": "gone"}},  # type: ignore[dict-item]
+        {"data": {**payload["data"], "extra": 1}},  # type: ignore[dict-item]
+    ):
+        with pytest.raises(jsonschema.ValidationError):
+            EVERY_TYPE.validate({**payload, **change})

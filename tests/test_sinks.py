@@ -195,3 +195,58 @@ def test_webhook_ids_are_distinct_per_destination_and_the_shorthand_keeps_its_ow
     legacy = "msg_" + hashlib.sha256(f"{URL}\nses_1".encode()).hexdigest()[:32]
     assert shorthand.message_id("ses_1") == legacy  # what receivers saw before destinations
     assert named.message_id("ses_1") != legacy
+
+
+def test_a_conversions_webhook_id_is_stable_per_event_and_destination() -> None:
+    """Its session's completion and each of its conversions are distinct deliveries."""
+    seen: list[httpx.Request] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        return httpx.Response(204)
+
+    sink = webhook_sink(httpx.MockTransport(handler))
+    other = WebhookSink(
+        HttpSession(httpx.AsyncHTTPTransport(), TIMEOUT), url=URL + "x", secret=SecretStr(SECRET)
+    )
+    deliveries = [
+        Delivery("ses_1", PAYLOAD),
+        Delivery("ses_1", PAYLOAD, event_id="evt_sub"),
+        Delivery("ses_1", PAYLOAD, event_id="evt_buy"),
+        Delivery("", PAYLOAD, event_id="evt_alone"),
+    ]
+    asyncio.run(sink.deliver(deliveries))
+    ids = [request.headers["webhook-id"] for request in seen]
+    assert ids[0] == sink.message_id("ses_1")  # session.enriched's, as before
+    assert len(set(ids)) == 4
+    assert ids[1] == sink.message_id("another session", event_id="evt_sub")  # the event's alone
+    assert sink.message_id("", "evt_sub") != other.message_id("", "evt_sub")
+    assert sink.message_id("evt_sub") != sink.message_id("", "evt_sub")  # never a session's
+    for request in seen:
+        Webhook(SECRET).verify(request.content, dict(request.headers))
+
+
+def test_stream_entries_of_conversions_carry_their_event_id(
+    redis_url: str, redis_client: redis.Redis
+) -> None:
+    async def deliver() -> None:
+        client = aioredis.Redis.from_url(redis_url)
+        sink = StreamSink(client, stream="out", maxlen=10)
+        await sink.deliver([Delivery("ses_1", PAYLOAD, "evt_sub"), Delivery("", PAYLOAD, "evt_x")])
+        await client.aclose()
+
+    asyncio.run(deliver())
+    assert [fields for _, fields in redis_client.xrange("out")] == [
+        {
+            b"event_id": b"evt_sub",
+            b"session_id": b"ses_1",
+            b"webhook_id": entry_id("stream", "ses_1", "evt_sub").encode(),
+            b"payload": PAYLOAD,
+        },
+        {
+            b"event_id": b"evt_x",
+            b"session_id": b"",
+            b"webhook_id": entry_id("stream", "", "evt_x").encode(),
+            b"payload": PAYLOAD,
+        },
+    ]

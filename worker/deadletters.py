@@ -1,8 +1,9 @@
-"""The dead-letter store: every session that will not be delivered, with the reason why.
+"""The dead-letter store: every unit of work that will not be delivered, with the reason why.
 
-One Redis hash (``ffe:dlq``) of JSON records keyed ``<stage>|<session id>``, so a session
-that failed at two sinks has two records; payloads built before a failed delivery are kept
-beside them (``ffe:dlq:payload``) so a replay re-sends them without fetching again.
+One Redis hash (``ffe:dlq``) of JSON records keyed ``<stage>|<unit id>`` (a session id, or a
+conversion's event id), so a session that failed at two sinks has two records; payloads built
+before a failed delivery are kept beside them (``ffe:dlq:payload``) so a replay re-sends them
+without fetching again.
 """
 
 from __future__ import annotations
@@ -34,9 +35,9 @@ return removed
 
 @dataclass(frozen=True)
 class DeadLetter:
-    """Why one session stopped at one stage."""
+    """Why one unit stopped at one stage."""
 
-    session_id: str
+    session_id: str  # the unit's id: a conversion's is its event id
     stage: str  # fetch, validate, deliver:<sink>
     reason: str  # short stable code: not_found, invalid_payload, gone, retries_exhausted …
     error: str
@@ -44,6 +45,8 @@ class DeadLetter:
     first_seen_at: float
     failed_at: float
     trigger: dict[str, Any] | None = None
+    # A conversion's event (worker.conversions.Conversion.to_message), to replay it.
+    event: dict[str, Any] | None = None
 
     @property
     def key(self) -> str:

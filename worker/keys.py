@@ -4,8 +4,9 @@ Queues (Celery's, on the broker's Redis):
     enrich                       fetch, validate, enrich (``enrich_session``, ``enrich_batch``)
     deliver.<sink>               one sink's deliveries, so a slow sink never holds up another
 
-Keys (the worker's own state, all under ``ffe:``):
-    ffe:delivered:<sink>:<id>    a sink took the session; lives DEDUPE_TTL_S
+Keys (the worker's own state, all under ``ffe:``); ``<id>`` is a unit of work's id, a session
+id or a conversion's event id (``worker.conversions``):
+    ffe:delivered:<sink>:<id>    a sink took the unit; lives DEDUPE_TTL_S
     ffe:claim:<sink>:<id>        held while one worker delivers it, so two never race
     ffe:dlq                      dead letters: hash of ``<stage>|<id>`` → JSON record
     ffe:dlq:payload              payloads kept for a replay: same fields → payload bytes
@@ -14,8 +15,10 @@ Keys (the worker's own state, all under ``ffe:``):
     ffe:event:<event id>         an ingress event marker (pending, then enqueued)
     ffe:backfill:<digest>        where one backfill stands
     ffe:sinks                    the fleet's destinations: name → queue (workers register)
-    ffe:ledger:<id>              one accepted session: its state and attempts (worker.ledger)
-    ffe:ledger:<id>:t            its trigger, while it is unfinished
+    ffe:ledger:<id>              one accepted unit: its state and attempts (worker.ledger)
+    ffe:ledger:<id>:t            its trigger (a conversion's: and its event), while unfinished
+    ffe:ledger:<id>:c            a session's conversions: event ids by acceptance time (bounded)
+    ffe:enriched:<session id>    a built enrichment kept for the session's conversions
     ffe:ledger:open              unfinished sessions by acceptance time (sorted set)
     ffe:ledger:idle              unfinished sessions by when progress is next expected
     ffe:ledger:counts            sessions per state (unfinished), finished totals
@@ -102,6 +105,16 @@ def ledger_key(session_id: str) -> str:
 def ledger_trigger_key(session_id: str) -> str:
     """The trigger of an unfinished session (deleted when it finishes)."""
     return f"{PREFIX}ledger:{session_id}:t"
+
+
+def ledger_conversions_key(session_id: str) -> str:
+    """The conversion events accepted for one session (a sorted set of event ids)."""
+    return f"{PREFIX}ledger:{session_id}:c"
+
+
+def enriched_key(session_id: str) -> str:
+    """A session's body and enrichment, kept for its conversions (worker.enrichments)."""
+    return f"{PREFIX}enriched:{session_id}"
 
 
 def due_member(stage: str, session_id: str) -> str:

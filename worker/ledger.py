@@ -1,8 +1,9 @@
-"""The session ledger: every session the product accepted, and where it is now.
+"""The session ledger: every unit of work the product accepted, and where it is now.
 
-One Redis hash per session (``ffe:ledger:<id>``, see ``worker.keys``), written by every entry
-point when it accepts a session and by the worker after each stage, atomically per session
-(a Lua script keeps its overall state and the per-state counts in step):
+A unit is a session, or a conversion keyed by its event id (``worker.conversions``). One
+Redis hash per unit (``ffe:ledger:<id>``, see ``worker.keys``), written by every entry point
+when it accepts a unit and by the worker after each stage, atomically per unit (a Lua
+script keeps its overall state and the per-state counts in step):
 
     a    accepted at (Unix seconds)         s    source (cli, ingress, backfill, replay, foreign)
     st   queued | in_progress | retrying | delivered | dead
@@ -10,13 +11,15 @@ point when it accepts a session and by the worker after each stage, atomically p
     d:<destination>  the same four for each destination, once the session is fetched
     n    next attempt at, while retrying     u    last progress
     e    the FunnelFox event id, when there was one
+    k    a conversion's event type          ss   a conversion's session id, when it has one
     l<k> the k-th attempt: ``stage,at,outcome[,detail][,duration]``; ``ln`` counts them and
          only the last LOG_MAX_ENTRIES are kept
 
 Every value stays under 64 bytes, so Redis keeps the hash in its compact (listpack) encoding:
 a finished session costs a few hundred bytes (README, "The session ledger"). The trigger, which
 a reconciled session needs and is longer, waits in ``ffe:ledger:<id>:t`` until the session
-finishes.
+finishes (a conversion's holds its event too). A session's conversions are listed in
+``ffe:ledger:<session id>:c`` (the CONVERSIONS_LISTED newest event ids, by acceptance time).
 
 Unfinished sessions are also in two sorted sets: ``open`` by acceptance time (the oldest
 unfinished session's age) and ``idle`` by the time progress is next expected (the reconciler's
@@ -34,6 +37,7 @@ import orjson
 import redis
 import redis.asyncio as aioredis
 
+from worker.conversions import Conversion
 from worker.keys import (
     DUE,
     DUE_WORK,
@@ -41,6 +45,7 @@ from worker.keys import (
     LEDGER_IDLE,
     LEDGER_OPEN,
     due_member,
+    ledger_conversions_key,
     ledger_key,
     ledger_trigger_key,
 )
@@ -50,13 +55,25 @@ UNFINISHED = ("queued", "in_progress", "retrying")
 FINISHED = ("delivered", "dead")
 STATES = (*UNFINISHED, *FINISHED)
 LOG_MAX_ENTRIES = 40
+CONVERSIONS_LISTED = 20
 
-# Record acceptance: a new session, or a finished one accepted again (reopened). An unfinished
-# session is left as it is, only touched. ARGV: 1 id, 2 now, 3 source, 4 trigger JSON or '',
-# 5 event id or '', 6 a destination when one delivery is replayed, else '', 7 log entries kept.
+# Record acceptance: a new unit, or a finished one accepted again (reopened). An unfinished
+# unit is left as it is, only touched. ARGV: 1 id, 2 now, 3 source, 4 context JSON or '',
+# 5 event id or '', 6 a destination when one delivery is replayed, else '', 7 log entries kept,
+# 8 a conversion's type or '', 9 its session id or '', 10 how long its session lists it,
+# 11 how many conversions a session lists. KEYS[6]: that session's list of conversions.
 # Returns its state before ('' when new).
 _ACCEPT = """
 local h = KEYS[1]
+if ARGV[8] ~= '' then
+    redis.call('hset', h, 'k', string.sub(ARGV[8], 1, 63))
+    if ARGV[9] ~= '' then
+        redis.call('hset', h, 'ss', string.sub(ARGV[9], 1, 63))
+        redis.call('zadd', KEYS[6], ARGV[2], ARGV[1])
+        redis.call('zremrangebyrank', KEYS[6], 0, -(tonumber(ARGV[11]) + 1))
+        redis.call('expire', KEYS[6], ARGV[10])
+    end
+end
 local old = redis.call('hget', h, 'st')
 if old == 'queued' or old == 'in_progress' or old == 'retrying' then
     redis.call('hset', h, 'u', ARGV[2])
@@ -173,13 +190,16 @@ return {old or '', st, redis.call('hget', h, 'a')}
 """
 
 
-def _keys(session_id: str) -> list[str]:
+def _keys(unit_id: str, session_of: str | None = None) -> list[str]:
+    """The scripts' keys; the sixth lists the conversions of ``session_of`` (a conversion's
+    session), else of the unit itself (unused)."""
     return [
-        ledger_key(session_id),
+        ledger_key(unit_id),
         LEDGER_OPEN,
         LEDGER_IDLE,
         LEDGER_COUNTS,
-        ledger_trigger_key(session_id),
+        ledger_trigger_key(unit_id),
+        ledger_conversions_key(session_of or unit_id),
     ]
 
 
@@ -217,16 +237,42 @@ def log_entry(stage: str, outcome: str, detail: str = "", duration_s: float | No
 
 @dataclass(frozen=True)
 class Acceptance:
-    """A session an entry point is about to publish."""
+    """A unit an entry point is about to publish (``session_id`` is the unit's id)."""
 
     session_id: str
     trigger: dict[str, Any] | None = None
     destination: str = ""  # set when only this destination's delivery is replayed
+    event: Conversion | None = None
 
-    def args(self, now: float, source: str) -> list[str | float]:
-        trigger = orjson.dumps(self.trigger).decode() if self.trigger else ""
+    @classmethod
+    def of(cls, work: Work, destination: str = "") -> Acceptance:
+        """The acceptance of a unit about to be published."""
+        return cls(work.session_id, work.trigger, destination, work.event)
+
+    def keys(self) -> list[str]:
+        """The _ACCEPT script's keys."""
+        return _keys(self.session_id, self.event.session_id if self.event else None)
+
+    def args(self, now: float, source: str, ttl_s: int) -> list[str | float | int]:
+        """The _ACCEPT script's arguments, in its order."""
+        context = Work(self.session_id, trigger=self.trigger, event=self.event).context()
         event_id = str((self.trigger or {}).get("event_id") or "")
-        return [self.session_id, now, source, trigger, event_id, self.destination, LOG_MAX_ENTRIES]
+        kind, session_of = (
+            ("", "") if self.event is None else (self.event.type, self.event.session_id)
+        )
+        return [
+            self.session_id,
+            now,
+            source,
+            orjson.dumps(context).decode() if context else "",
+            event_id,
+            self.destination,
+            LOG_MAX_ENTRIES,
+            kind,
+            session_of or "",
+            ttl_s,
+            CONVERSIONS_LISTED,
+        ]
 
 
 @dataclass
@@ -267,7 +313,7 @@ class Ledger:
         now = time.time()
         async with self._redis.pipeline(transaction=False) as pipe:
             for item in items:
-                await self._accept(_keys(item.session_id), item.args(now, source), client=pipe)
+                await self._accept(item.keys(), item.args(now, source, self._ttl_s), client=pipe)
             return [_text(state) for state in await pipe.execute()]
 
     async def record(
@@ -307,7 +353,7 @@ class Ledger:
             next_at=event.next_at,
             destinations=event.destinations,
             ttl_s=self._ttl_s,
-            trigger=work.trigger,
+            context=work.context(),
         )
 
 
@@ -322,9 +368,9 @@ def update_args(
     expected_by: float | None = None,
     destinations: dict[str, str] | None = None,
     ttl_s: int,
-    trigger: dict[str, Any] | None = None,
+    context: dict[str, Any] | None = None,
 ) -> list[str | float | int]:
-    """The _UPDATE script's arguments, in its order."""
+    """The _UPDATE script's arguments, in its order (``context``: ``Work.context()``)."""
     if expected_by is None:
         expected_by = next_at
     return [
@@ -338,7 +384,7 @@ def update_args(
         ",".join(f"{name}={state}" for name, state in (destinations or {}).items()),
         ttl_s,
         "foreign",
-        orjson.dumps(trigger).decode() if trigger else "",
+        orjson.dumps(context).decode() if context else "",
         LOG_MAX_ENTRIES,
     ]
 
@@ -370,7 +416,7 @@ class LedgerWriter:
         now = time.time()
         with self._redis.pipeline(transaction=False) as pipe:
             for item in items:
-                self._accept(_keys(item.session_id), item.args(now, source), client=pipe)
+                self._accept(item.keys(), item.args(now, source, self._ttl_s), client=pipe)
             return [_text(state) for state in pipe.execute()]
 
     def close(self) -> None:

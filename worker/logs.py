@@ -1,6 +1,7 @@
 """Log set-up: readable lines on a terminal, one JSON object a line with LOG_FORMAT=json.
 
-Pipeline log calls carry their fields in ``extra`` (session_id, stage, attempt, outcome …);
+Pipeline log calls carry their fields in ``extra`` (session_id, a conversion's event_id,
+stage, attempt, outcome …);
 both formats print them, so a line is useful without its message text.
 """
 
@@ -17,6 +18,7 @@ import orjson
 # task arguments, for one) stay out of the line.
 FIELDS = (
     "session_id",
+    "event_id",
     "stage",
     "attempt",
     "outcome",

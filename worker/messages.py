@@ -14,6 +14,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from worker.conversions import Conversion, InvalidConversion
 from worker.errors import InvalidSessionId
 from worker.ids import check_session_id
 from worker.trigger import Trigger
@@ -29,10 +30,11 @@ ID_MAX_CHARS = 256
 class Refusal:
     """Something in a message that cannot be worked on, and why."""
 
-    session_id: str
+    session_id: str  # the unit's id
     reason: str  # invalid_id, invalid_trigger, invalid_message
     error: str
     trigger: dict[str, Any] | None = None
+    event: Conversion | None = None
 
 
 @dataclass
@@ -83,7 +85,8 @@ def read_session_call(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Parsed:
 
 
 def read_batch_call(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Parsed:
-    """``enrich_batch(items)``: a list of ``{id, first_seen_at?, attempts?, trigger?}``."""
+    """``enrich_batch(items)``: a list of ``{id, first_seen_at?, attempts?, trigger?, event?}``
+    (``event`` makes the item a conversion, ``id`` its event id)."""
     items = args[0] if args else kwargs.get("items")
     parsed = Parsed()
     if not isinstance(items, list):
@@ -111,7 +114,10 @@ def read_deliver_call(args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[st
     parsed = read_batch_call(args[1:], {"items": kwargs.get("items")} if len(args) < 2 else {})
     if not isinstance(sink, str):
         error = f"the destination's name must be a string: {bounded(sink)}"
-        refused = [Refusal(w.session_id, "invalid_message", error, w.trigger) for w in parsed.works]
+        refused = [
+            Refusal(w.session_id, "invalid_message", error, w.trigger, w.event)
+            for w in parsed.works
+        ]
         return None, Parsed(
             refused=[*refused, *parsed.refused] or [Refusal("(message)", "invalid_message", error)]
         )
@@ -136,6 +142,11 @@ def _add(parsed: Parsed, item: dict[str, Any], *, missing: str) -> None:
     if problem is not None:
         parsed.refused.append(Refusal(session_id, "invalid_trigger", problem))
         return
+    try:
+        event = None if item.get("event") is None else Conversion.from_message(item["event"])
+    except InvalidConversion as exc:
+        parsed.refused.append(Refusal(session_id, "invalid_message", str(exc), trigger))
+        return
     payload = item.get("payload")
     parsed.works.append(
         Work(
@@ -144,6 +155,7 @@ def _add(parsed: Parsed, item: dict[str, Any], *, missing: str) -> None:
             first_seen_at=_number(item.get("first_seen_at"), float, time.time()),
             trigger=trigger,
             payload=payload.encode() if isinstance(payload, str) else None,
+            event=event,
         )
     )
 

@@ -68,6 +68,10 @@ COUNTERS = {
         "Attempts scheduled again, per stage and the failure's reason",
         ("stage", "reason"),
     ),
+    "enrichments_reused": (
+        "Conversions built from their session's kept enrichment: a FunnelFox request saved",
+        (),
+    ),
     "sessions_reconciled": (
         "Sessions published again by the reconciler: their messages were lost",
         (),

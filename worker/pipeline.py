@@ -11,18 +11,22 @@ import logging
 import re
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 
+import orjson
 import redis.asyncio as aioredis
 
 from worker.breaker import Breaker
+from worker.conversions import NO_SESSION_ID
 from worker.deadletters import DeadLetter, DeadLetters
 from worker.enrich import enrich
+from worker.enrichments import EnrichmentCache
 from worker.errors import (
     EnricherError,
     InternalError,
+    Permanent,
     Retryable,
     StageError,
     UpstreamAuthFailed,
@@ -31,9 +35,10 @@ from worker.fetch import FunnelFoxClient
 from worker.ledger import Event, Ledger, Recorded
 from worker.messages import Refusal
 from worker.metrics import MetricsBatch
-from worker.payload import build_payload
+from worker.payload import Enriched, build_conversion_payload, build_session_payload, enriched
 from worker.ratelimit import FleetRateLimit
 from worker.retry import RetryPolicy
+from worker.routing import destinations_for
 from worker.sinks.base import Delivery, Outcome, Sink
 from worker.state import DeliveryState
 from worker.validate import parse_session
@@ -44,6 +49,24 @@ log = logging.getLogger("worker.pipeline")
 # How long a batch's finished sessions wait for their slower batch-mates before they are
 # recorded and handed over (the live path's head-of-line bound).
 WAVE_S = 0.1
+
+# The fetch's ledger detail when a conversion reused its session's kept enrichment.
+REUSED = "reused"
+
+
+@dataclass(frozen=True)
+class _Source:
+    """What a unit's payload is built from: a session, or a conversion's session_error."""
+
+    session: Enriched | None = None
+    error: str | None = None
+    detail: str = ""  # what the ledger's fetch entry says besides "ok"
+    duration_s: float | None = None
+    fetched: bool = False  # from FunnelFox in this run (else kept, or no session)
+
+    @classmethod
+    def without_session(cls, error: str, duration_s: float | None = None) -> _Source:
+        return cls(error=error, detail=error, duration_s=duration_s)
 
 
 @dataclass
@@ -95,6 +118,8 @@ class Pipeline:
     breakers: Mapping[str, Breaker] = field(default_factory=dict)
     sink_limits: Mapping[str, FleetRateLimit] = field(default_factory=dict)
     _delays: dict[str, list[float]] = field(default_factory=dict)
+    # Built enrichments kept for conversions (ENRICHMENT_CACHE_TTL_S); None: always fetch.
+    enrichments: EnrichmentCache | None = None
     claim_wait_s: float = 5.0
     scrub: Callable[[str], str] = str
     now: Callable[[], datetime] = lambda: datetime.now(UTC)
@@ -103,41 +128,45 @@ class Pipeline:
     async def fetch(
         self, batch: Sequence[Work], on_ready: Callable[[StageResult], None] | None = None
     ) -> StageResult:
-        """Fetch, validate and enrich each session; queue its payload for every pending sink.
+        """Fetch, validate and enrich each unit; queue its payload for every pending sink.
 
-        With ``on_ready``, sessions are handed over in waves as their fetches complete (every
-        WAVE_S at most), recorded first: a slow session delays only itself, not its
-        batch-mates. The result returned covers the whole batch either way.
+        A conversion reuses its session's kept enrichment when there is one, and is delivered
+        with ``session_error`` when it has no session FunnelFox will give. With ``on_ready``,
+        units are handed over in waves as their fetches complete (every WAVE_S at most),
+        recorded first: a slow session delays only itself, not its batch-mates. The result
+        returned covers the whole batch either way.
         """
         result, metrics = StageResult(), MetricsBatch()
-        pending = await self.state.pending_sinks([w.session_id for w in batch], list(self.sinks))
-        todo = []
-        for work, sinks in zip(batch, pending, strict=True):
-            if sinks:
-                todo.append((work, sinks))
-            else:
-                result.skipped.append(work.session_id)
-                every = dict.fromkeys(self.sinks, "d")
-                result.events.append(Event(work, "fetch", "skipped", "f", "d", destinations=every))
-                log.info("already delivered to every sink", extra={"session_id": work.session_id})
-        metrics.inc("sessions_skipped", len(result.skipped), stage="fetch")
-        delays = await self._pace(todo, result)
+        todo = await self._pending(batch, result, metrics)
+        sources = await self._sources([work for work, _ in todo])
+        ready = [(w, sinks, src) for (w, sinks), src in zip(todo, sources, strict=True) if src]
+        waiting = [unit for unit, src in zip(todo, sources, strict=True) if src is None]
+        delays = await self._pace(waiting, result)  # leaves the sessions it lets through
         fetching = {
             asyncio.ensure_future(self._fetch_one(work, delay, metrics)): (work, sinks)
-            for (work, sinks), delay in zip(todo, delays, strict=True)
+            for (work, sinks), delay in zip(waiting, delays, strict=True)
         }
+        order = {future: n for n, future in enumerate(fetching)}  # the batch's own order
         total, wave = StageResult(), result
         while fetching or wave is result:
+            kept: list[tuple[str, Enriched]] = []
+            for work, sinks, source in ready:
+                self._plan(wave, metrics, work, sinks, source, kept)
+            ready = []
             if fetching:
                 done, _ = await asyncio.wait(
                     fetching, timeout=WAVE_S if on_ready is not None else None
                 )
-                for future in done:
+                for future in sorted(done, key=order.__getitem__):
                     work, sinks = fetching.pop(future)
-                    self._enriched(wave, metrics, work, sinks, future)
+                    outcome = future.exception() or future.result()
+                    read = self._read(work, outcome, wave, metrics)
+                    if read is not None:
+                        self._plan(wave, metrics, work, sinks, read, kept)
             if on_ready is None and fetching:
                 continue
-            metrics.inc("sessions_fetched", len(wave.done))
+            if self.enrichments is not None:
+                await self.enrichments.put_many(kept)
             await self._record(wave, metrics)
             if on_ready is not None:
                 on_ready(wave)
@@ -145,42 +174,134 @@ class Pipeline:
             wave, metrics = StageResult(), MetricsBatch()
         return total
 
-    def _enriched(
+    def _plan(
         self,
         result: StageResult,
         metrics: MetricsBatch,
         work: Work,
         sinks: list[str],
-        fetched: asyncio.Future[tuple[bytes, float]],
+        source: _Source,
+        kept: list[tuple[str, Enriched]],
     ) -> None:
-        """Validate and enrich one fetched session, and plan its deliveries."""
-        error = fetched.exception()
-        if error is not None:
-            self._failed(result, metrics, work, "fetch", error)
-            return
-        body, duration_s = fetched.result()
+        """Build one unit's payload and queue it for each destination whose filters take it."""
         try:
-            raw, session = parse_session(body, work.session_id)
-        except Exception as exc:  # InvalidPayload, or a bug: this session's failure alone
-            self._failed(result, metrics, work, "validate", exc)
-            return
-        try:
-            payload = build_payload(raw, enrich(session), work.trigger, self.now())
-        except Exception as exc:  # a bug: this session's failure, its batch goes on
+            payload = self._build(work, source)
+        except Exception as exc:  # a bug: this unit's failure, its batch goes on
             self._failed(result, metrics, work, "enrich", exc)
             return
-        states = dict.fromkeys(self.sinks, "d")  # those not pending have it
+        if source.fetched and source.session and work.fetch_id and self._keeps(work):
+            kept.append((work.fetch_id, source.session))
+        metrics.inc("sessions_fetched", int(source.fetched))
+        metrics.inc("enrichments_reused", int(source.detail == REUSED))
+        funnel_id = _funnel_of(source)
+        routed = destinations_for(work.payload_type, self.sinks)
+        states = {name: "q" if name in sinks else "d" for name in routed}
         for sink in sinks:
-            if not self._takes(sink, raw.document, work.trigger):
+            if not self._takes(sink, funnel_id, work.trigger):
                 states[sink] = "s"  # filtered out: not an error, never delivered there
                 continue
-            states[sink] = "q"
-            fresh = Work(work.session_id, 0, work.first_seen_at, work.trigger, payload)
+            fresh = replace(work, attempts=0, payload=payload)
             result.deliveries.setdefault(sink, []).append(fresh)
         result.done.append(work.session_id)
         result.events.append(
-            Event(work, "fetch", "ok", "f", "d", duration_s=duration_s, destinations=states)
+            Event(
+                work,
+                "fetch",
+                "ok",
+                "f",
+                "d",
+                detail=source.detail,
+                duration_s=source.duration_s,
+                destinations=states,
+            )
         )
+
+    async def _pending(
+        self, batch: Sequence[Work], result: StageResult, metrics: MetricsBatch
+    ) -> list[tuple[Work, list[str]]]:
+        """Each unit with the destinations it is routed to and has not reached yet."""
+        pending = await self.state.pending_sinks([w.session_id for w in batch], list(self.sinks))
+        todo = []
+        for work, sinks in zip(batch, pending, strict=True):
+            routed = destinations_for(work.payload_type, self.sinks)
+            sinks = [sink for sink in sinks if sink in routed]
+            if sinks:
+                todo.append((work, sinks))
+                continue
+            result.skipped.append(work.session_id)
+            every = dict.fromkeys(routed, "d")
+            result.events.append(Event(work, "fetch", "skipped", "f", "d", destinations=every))
+            why = "already delivered to every sink" if routed else "no destination takes its type"
+            log.info(why, extra=unit_fields(work))
+        metrics.inc("sessions_skipped", len(result.skipped), stage="fetch")
+        return todo
+
+    async def _sources(self, works: Sequence[Work]) -> list[_Source | None]:
+        """What each unit is built from without a request: a conversion's kept enrichment,
+        or its session_error when it names no session. None: its session is to be fetched."""
+        sources: list[_Source | None] = [
+            _Source.without_session(w.event.session_error or NO_SESSION_ID)
+            if w.event is not None and w.event.session_id is None
+            else None
+            for w in works
+        ]
+        if self.enrichments is None:
+            return sources
+        asking = [i for i, w in enumerate(works) if w.event is not None and sources[i] is None]
+        found = await self.enrichments.get_many([works[i].fetch_id or "" for i in asking])
+        for i, entry in zip(asking, found, strict=True):
+            if entry is not None:
+                sources[i] = _Source(entry, detail=REUSED)
+        return sources
+
+    def _read(
+        self,
+        work: Work,
+        outcome: tuple[bytes, float] | BaseException,
+        result: StageResult,
+        metrics: MetricsBatch,
+    ) -> _Source | None:
+        """A fetched body validated and enriched; None when that failed (and was recorded)."""
+        if isinstance(outcome, BaseException):
+            return self._session_failed(result, metrics, work, "fetch", outcome)
+        body, duration_s = outcome
+        try:
+            raw, session = parse_session(body, work.fetch_id or "")
+        except Exception as exc:  # InvalidPayload, or a bug: this unit's failure alone
+            return self._session_failed(result, metrics, work, "validate", exc, duration_s)
+        try:
+            built = enriched(raw, enrich(session))
+        except Exception as exc:  # a bug: this unit's failure, its batch goes on
+            self._failed(result, metrics, work, "enrich", exc)
+            return None
+        return _Source(built, duration_s=duration_s, fetched=True)
+
+    def _session_failed(
+        self,
+        result: StageResult,
+        metrics: MetricsBatch,
+        work: Work,
+        stage: str,
+        error: BaseException,
+        duration_s: float | None = None,
+    ) -> _Source | None:
+        """A conversion goes on without a session FunnelFox refuses for good; else _failed."""
+        if work.event is not None and isinstance(error, Permanent):
+            return _Source.without_session(error.reason, duration_s)
+        self._failed(result, metrics, work, stage, error, duration_s)
+        return None
+
+    def _build(self, work: Work, source: _Source) -> bytes:
+        if work.event is not None:
+            return build_conversion_payload(
+                work.event, source.session, source.error, work.trigger, self.now()
+            )
+        assert source.session is not None, "a session's source is always a session"
+        return build_session_payload(source.session, work.trigger, self.now())
+
+    def _keeps(self, work: Work) -> bool:
+        """Whether a conversion may follow: the run came from a FunnelFox event."""
+        return work.event is not None or work.trigger is not None
 
     async def deliver(self, sink_name: str, batch: Sequence[Work]) -> StageResult:
         """Deliver built payloads to one sink, each session at most once while its record lives."""
@@ -217,7 +338,7 @@ class Pipeline:
                 log.info(
                     "delivered",
                     extra={
-                        "session_id": work.session_id,
+                        **unit_fields(work),
                         "stage": stage,
                         "attempt": work.attempts + 1,
                         "duration_s": round(outcome.duration_s, 4),
@@ -237,15 +358,12 @@ class Pipeline:
         return result
 
     def _takes(
-        self, sink_name: str, session: Mapping[str, Any], trigger: Mapping[str, Any] | None
+        self, sink_name: str, funnel_id: str | None, trigger: Mapping[str, Any] | None
     ) -> bool:
-        """Whether a destination's filters take this session (its funnel, event, sandbox)."""
+        """Whether a destination's filters take this unit (its funnel, event, sandbox)."""
         trigger = trigger or {}
-        funnel_id = session.get("funnel_id")
         return self.sinks[sink_name].filters.take(
-            funnel_id if isinstance(funnel_id, str) else None,
-            trigger.get("type"),
-            trigger.get("is_sandbox"),
+            funnel_id, trigger.get("type"), trigger.get("is_sandbox")
         )
 
     async def _hold(self, sink_name: str, batch: Sequence[Work], result: StageResult) -> list[Work]:
@@ -284,7 +402,7 @@ class Pipeline:
     async def _paced_deliver(self, sink: Sink, works: Sequence[Work]) -> list[Outcome]:
         """Deliver, each at the time its rate-limit slot starts (all at once without a limit)."""
         delays = self._delays.pop(sink.name, None)
-        deliveries = [Delivery(w.session_id, w.payload or b"") for w in works]
+        deliveries = [delivery_of(w) for w in works]
         if not delays or max(delays) <= 0:
             return await sink.deliver(deliveries)
 
@@ -301,7 +419,7 @@ class Pipeline:
         """Dead-letter what a message carried that cannot be worked on (never retried)."""
         result, metrics = StageResult(), MetricsBatch()
         for refusal in refusals:
-            work = Work(refusal.session_id, 1, trigger=refusal.trigger)
+            work = Work(refusal.session_id, 1, trigger=refusal.trigger, event=refusal.event)
             self._dead(result, metrics, work, stage, refusal.reason, StageError(refusal.error))
         # Only real session ids have a ledger entry; a message with none has its dead letter.
         result.events = [e for e in result.events if not e.work.session_id.startswith("(")]
@@ -334,7 +452,8 @@ class Pipeline:
             await asyncio.sleep(delay_s)
         started = time.perf_counter()
         try:
-            return await self.funnelfox.get_session(work.session_id), time.perf_counter() - started
+            body = await self.funnelfox.get_session(work.fetch_id or "")
+            return body, time.perf_counter() - started
         finally:
             metrics.observe("fetch_duration_seconds", time.perf_counter() - started)
 
@@ -363,7 +482,7 @@ class Pipeline:
             log.error(
                 "internal error",
                 exc_info=error,
-                extra={"session_id": work.session_id, "stage": stage},
+                extra={**unit_fields(work), "stage": stage},
             )
             error = InternalError(f"internal error: {type(error).__name__}: {error}")
         attempt = work.retried()
@@ -391,7 +510,7 @@ class Pipeline:
             log.info(
                 "will retry",
                 extra={
-                    "session_id": work.session_id,
+                    **unit_fields(work),
                     "stage": stage,
                     "attempt": attempt.attempts,
                     "outcome": error.reason,
@@ -432,6 +551,7 @@ class Pipeline:
             first_seen_at=work.first_seen_at,
             failed_at=time.time(),
             trigger=work.trigger,
+            event=None if work.event is None else work.event.to_message(),
         )
         result.dead.append(letter)
         result.dead_payloads.append(work.payload)
@@ -439,13 +559,27 @@ class Pipeline:
         log.warning(
             "dead-lettered",
             extra={
-                "session_id": work.session_id,
+                **unit_fields(work),
                 "stage": stage,
                 "attempt": work.attempts,
                 "outcome": reason,
                 "error": letter.error,
             },
         )
+
+
+def unit_fields(work: Work) -> dict[str, Any]:
+    """A unit's ids for a log line: its session, and a conversion's event id."""
+    if work.event is None:
+        return {"session_id": work.session_id}
+    return {"session_id": work.event.session_id, "event_id": work.session_id}
+
+
+def delivery_of(work: Work) -> Delivery:
+    """What a sink is given: the payload, its session, and a conversion's event id."""
+    if work.event is None:
+        return Delivery(work.session_id, work.payload or b"")
+    return Delivery(work.event.session_id or "", work.payload or b"", event_id=work.session_id)
 
 
 _STATUS = re.compile(r"answered (\d{3})")
@@ -455,6 +589,14 @@ def describe_failure(error: BaseException) -> str:
     """What the ledger's attempt log says about a failure: a status code, else its kind."""
     found = _STATUS.search(str(error))
     return found.group(1) if found else type(error).__name__
+
+
+def _funnel_of(source: _Source) -> str | None:
+    """The funnel of a unit's session (None without one), for the destinations' filters."""
+    if source.session is None:
+        return None
+    funnel_id = orjson.loads(source.session.session).get("funnel_id")
+    return funnel_id if isinstance(funnel_id, str) else None
 
 
 def _unreachable(error: BaseException) -> int:

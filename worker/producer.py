@@ -16,6 +16,7 @@ from typing import Any, Protocol
 from celery import Celery
 from kombu.entity import Exchange, Queue
 
+from worker.conversions import Conversion
 from worker.keys import FETCH_QUEUE, QUEUED_AT_HEADER, delivery_queue
 from worker.ledger import Acceptance, LedgerWriter
 from worker.redis_clients import kombu_broker, sync_client
@@ -53,8 +54,11 @@ def describe(batch: Sequence[Work]) -> str:
 class Publisher(Protocol):
     """Where the ingress sends tasks; a stub in tests that need a broken broker and Redis up."""
 
-    def publish(self, session_id: str, trigger: dict[str, Any]) -> None:
-        """Return once the task is in the broker; raise if it is not."""
+    def publish(
+        self, session_id: str, trigger: dict[str, Any], event: Conversion | None = None
+    ) -> None:
+        """Return once the task is in the broker; raise if it is not. With ``event``, the
+        unit is that conversion and ``session_id`` its event id."""
 
     def close(self) -> None:
         """Release connections."""
@@ -120,8 +124,23 @@ class Producer:
             finally:
                 self._producer = None
 
-    def publish(self, session_id: str, trigger: dict[str, Any]) -> None:
-        """One ``enrich_session`` (the ingress); raises if it did not reach the broker."""
+    def publish(
+        self, session_id: str, trigger: dict[str, Any], event: Conversion | None = None
+    ) -> None:
+        """One ``enrich_session`` (the ingress), or for a conversion an ``enrich_batch`` of
+        its one unit; raises if it did not reach the broker."""
+        if event is not None:
+            work = Work(session_id, trigger=trigger, event=event)
+            self._accept([Acceptance.of(work)], "ingress")
+            self._send(
+                BATCH_TASK_NAME,
+                ([work.to_message()],),
+                queue=QUEUE,
+                argsrepr=describe([work]),
+                retry=True,
+                retry_policy=_RETRY_POLICY,
+            )
+            return
         self._accept([Acceptance(session_id, trigger)], "ingress")
         self._send(
             TASK_NAME,
@@ -142,7 +161,7 @@ class Producer:
     ) -> None:
         """One fetch message for these sessions; ``accept`` names the entry point accepting them."""
         if accept is not None:
-            self._accept([Acceptance(w.session_id, w.trigger) for w in works], accept)
+            self._accept([Acceptance.of(w) for w in works], accept)
         self._send(
             BATCH_TASK_NAME,
             ([w.to_message() for w in works],),
@@ -161,7 +180,7 @@ class Producer:
     ) -> None:
         """One delivery message for these payloads, on the sink's own queue."""
         if accept is not None:
-            self._accept([Acceptance(w.session_id, w.trigger, sink) for w in works], accept)
+            self._accept([Acceptance.of(w, sink) for w in works], accept)
         self._send(
             DELIVER_TASK_NAME,
             (sink, [w.to_message() for w in works]),

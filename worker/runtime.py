@@ -16,6 +16,7 @@ import redis.asyncio as aioredis
 from config import Settings
 from worker.breaker import Breaker
 from worker.deadletters import DeadLetters
+from worker.enrichments import EnrichmentCache
 from worker.fetch import FunnelFoxClient
 from worker.http import HttpSession, make_session
 from worker.keys import destination_rate_limit_key
@@ -94,6 +95,11 @@ class Runtime:
             rate_limit=(
                 FleetRateLimit(self.redis, rate_per_s=settings.funnelfox.rate_limit_per_s)
                 if settings.funnelfox.rate_limit_per_s
+                else None
+            ),
+            enrichments=(
+                EnrichmentCache(self.redis, ttl_s=settings.enrichment_cache_ttl_s)
+                if settings.enrichment_cache_ttl_s
                 else None
             ),
             claim_wait_s=claim_ttl_s(settings),

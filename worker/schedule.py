@@ -112,7 +112,7 @@ class DueRetries:
 
 @dataclass(frozen=True)
 class Candidate:
-    """An unfinished session whose progress is overdue."""
+    """An unfinished unit (a session or a conversion) whose progress is overdue."""
 
     session_id: str
     expected_by: float
@@ -140,11 +140,12 @@ class Candidate:
         return found
 
     def work(self) -> Work:
-        """The fetch to publish again: the whole session, which delivers what is missing."""
-        return Work(
+        """The fetch to publish again: the whole unit (a session, or a conversion with its
+        event, from the trigger key), which delivers what is missing."""
+        return Work.from_context(
             self.session_id,
-            first_seen_at=float(self.entry.get("a") or time.time()),
-            trigger=orjson.loads(self.trigger) if self.trigger else None,
+            float(self.entry.get("a") or time.time()),
+            orjson.loads(self.trigger) if self.trigger else None,
         )
 
 

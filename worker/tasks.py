@@ -78,7 +78,9 @@ def _give_up(stage: str, parsed: Parsed, exc: Exception) -> None:
     from worker.runtime import get_runtime
 
     error = f"the message failed as a whole for {WHOLE_MESSAGE_RETRY_FOR_S} s: {type(exc).__name__}"
-    refused = [Refusal(w.session_id, "internal_error", error, w.trigger) for w in parsed.works]
+    refused = [
+        Refusal(w.session_id, "internal_error", error, w.trigger, w.event) for w in parsed.works
+    ]
     log.error("message given up; its sessions dead-lettered", extra={"stage": stage})
     runtime = get_runtime(settings)
     try:

@@ -2,7 +2,8 @@
 
 A replay re-runs the stage that failed: a failed fetch or validation fetches again, a failed
 delivery re-sends the payload that was built (same ``webhook-id``). A session that has no dead
-letter is replayed in full: its delivery records are dropped, so it is delivered again.
+letter is replayed in full: its delivery records are dropped, so it is delivered again. A
+conversion without a dead letter cannot be: its event is not kept once it is delivered.
 """
 
 from __future__ import annotations
@@ -14,8 +15,10 @@ from typing import TypeVar
 
 import redis.asyncio as aioredis
 
+from worker.conversions import Conversion
 from worker.deadletters import DeadLetter, DeadLetters
 from worker.fleet import registered_sinks_async
+from worker.keys import ledger_key
 from worker.producer import Producer
 from worker.redis_clients import async_client
 from worker.state import DeliveryState
@@ -34,6 +37,8 @@ class Replay:
     deliveries: dict[str, list[Work]] = field(default_factory=dict)
     letters: list[DeadLetter] = field(default_factory=list)
     redelivered: list[str] = field(default_factory=list)
+    # Conversions named without a dead letter: their event is not kept once delivered.
+    not_replayable: list[str] = field(default_factory=list)
 
 
 async def plan_replay(redis: aioredis.Redis, session_ids: Sequence[str]) -> Replay:
@@ -43,20 +48,35 @@ async def plan_replay(redis: aioredis.Redis, session_ids: Sequence[str]) -> Repl
     plan = Replay(letters=letters)
     for letter in letters:
         payload = await store.payload(letter) if letter.stage.startswith("deliver:") else None
-        work = Work(letter.session_id, 0, letter.first_seen_at, letter.trigger, payload)
+        event = None if letter.event is None else Conversion.from_message(letter.event)
+        work = Work(letter.session_id, 0, letter.first_seen_at, letter.trigger, payload, event)
         if payload is not None:
             plan.deliveries.setdefault(letter.stage.removeprefix("deliver:"), []).append(work)
         else:
             plan.fetches.append(work)
     # Ids named without a dead letter: the explicit way to deliver a session again.
     dead_ids = {letter.session_id for letter in letters}
-    plan.redelivered = [sid for sid in dict.fromkeys(session_ids) if sid not in dead_ids]
+    named = [sid for sid in dict.fromkeys(session_ids) if sid not in dead_ids]
+    conversions = await _conversions(redis, named)
+    plan.not_replayable = [sid for sid in named if sid in conversions]
+    plan.redelivered = [sid for sid in named if sid not in conversions]
     if plan.redelivered:
         state = DeliveryState(redis, dedupe_ttl_s=1, claim_ttl_s=1)
         for sink in await registered_sinks_async(redis):
             await state.forget(sink, plan.redelivered)
         plan.fetches += [Work(sid) for sid in plan.redelivered]
     return plan
+
+
+async def _conversions(redis: aioredis.Redis, ids: Sequence[str]) -> set[str]:
+    """Those of ``ids`` the ledger knows as conversions (their entry names the event type)."""
+    if not ids:
+        return set()
+    async with redis.pipeline(transaction=False) as pipe:
+        for unit_id in ids:
+            pipe.hexists(ledger_key(unit_id), "k")
+        found = await pipe.execute()
+    return {unit_id for unit_id, known in zip(ids, found, strict=True) if known}
 
 
 def chunked(items: Sequence[T], size: int) -> Iterator[list[T]]:

@@ -144,9 +144,16 @@ def _dlq(settings: Settings, args: argparse.Namespace) -> int:
         producer.close()
     for session_id in plan.redelivered:
         print(f"{session_id}: no dead letter; delivering it again in full", file=sys.stderr)
+    for event_id in plan.not_replayable:
+        print(
+            f"{event_id}: a conversion without a dead letter; its event is not kept, "
+            "so it cannot be delivered again",
+            file=sys.stderr,
+        )
     print(
         f"replayed {len(plan.letters)} dead letter(s): {len(plan.fetches)} fetch(es), "
         f"{sum(len(w) for w in plan.deliveries.values())} deliver(ies)",
         file=sys.stderr,
     )
-    return 0 if check.confirm(sys.stderr) else 1
+    replicated = check.confirm(sys.stderr)
+    return 0 if replicated and not plan.not_replayable else 1

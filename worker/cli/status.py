@@ -1,4 +1,7 @@
-"""``python -m worker status [ID ...]``: a session's story from the ledger, or the summary."""
+"""``python -m worker status [ID ...]``: a unit's story from the ledger, or the summary.
+
+An id is a session's (its conversions listed too) or a conversion's event id.
+"""
 
 from __future__ import annotations
 
@@ -12,7 +15,7 @@ import orjson
 import redis
 
 from config import Settings
-from worker.keys import LEDGER_COUNTS, LEDGER_OPEN, ledger_key
+from worker.keys import LEDGER_COUNTS, LEDGER_OPEN, ledger_conversions_key, ledger_key
 from worker.ledger import FINISHED, STAGE_NAMES, UNFINISHED
 from worker.redis_clients import sync_client
 
@@ -34,12 +37,17 @@ def main(
             out.write(orjson.dumps(summary(client)).decode() + "\n")
             return 0
         unknown = 0
-        for session_id, entry in zip(session_ids, read_entries(client, session_ids), strict=True):
-            if entry is None:
+        entries = read_entries(client, session_ids)
+        conversions = read_conversions(client, session_ids)
+        for session_id, entry, listed in zip(session_ids, entries, conversions, strict=True):
+            if entry is None and not listed:
                 unknown += 1
                 print(f"{session_id}: unknown (never accepted, or expired)", file=err)
                 continue
-            out.write(orjson.dumps(describe_entry(session_id, entry)).decode() + "\n")
+            found = describe_entry(session_id, entry or {})
+            if "type" not in found:  # a session: and the conversions of it accepted
+                found["conversions"] = listed
+            out.write(orjson.dumps(found).decode() + "\n")
         return EXIT_UNKNOWN if unknown else 0
     finally:
         client.close()
@@ -49,7 +57,8 @@ _STATE_NAMES = {"q": "queued", "r": "retrying", "d": "delivered", "x": "dead", "
 
 
 def describe_entry(session_id: str, entry: dict[str, str]) -> dict[str, Any]:
-    """A ledger entry as ``python -m worker status`` prints it."""
+    """A ledger entry as ``python -m worker status`` prints it; a conversion's (``k`` set)
+    names its event id, type and session."""
     destinations = {
         name.removeprefix("d:"): _STATE_NAMES.get(value, value)
         for name, value in sorted(entry.items())
@@ -57,14 +66,17 @@ def describe_entry(session_id: str, entry: dict[str, str]) -> dict[str, Any]:
     }
     fetch = {"q": "queued", "r": "retrying", "d": "done", "x": "dead"}.get(entry.get("f", ""))
     next_at = entry.get("n")
+    ids: dict[str, Any] = {"session_id": session_id}
+    if "k" in entry:
+        ids = {"event_id": session_id, "type": entry["k"], "session_id": entry.get("ss")}
     return {
-        "session_id": session_id,
+        **ids,
         "state": entry.get("st"),
         "fetch": fetch,
         "destinations": destinations,
         "accepted_at": _iso(entry.get("a")),
         "source": entry.get("s"),
-        "event_id": entry.get("e"),
+        "event_id": entry.get("e") or ids.get("event_id"),
         "next_attempt_at": _iso(next_at) if next_at else None,
         "attempts": [_attempt(text, float(entry.get("a") or 0)) for _, text in sorted(_log(entry))],
     }
@@ -106,6 +118,33 @@ def read_entries(client: redis.Redis, session_ids: Sequence[str]) -> list[dict[s
             pipe.hgetall(ledger_key(session_id))
         replies = pipe.execute()
     return [{_text(k): _text(v) for k, v in reply.items()} or None for reply in replies]
+
+
+def read_conversions(client: redis.Redis, session_ids: Sequence[str]) -> list[list[dict[str, Any]]]:
+    """For each id, the conversions accepted for it as a session, oldest first: event id,
+    type and state (two round trips)."""
+    with client.pipeline(transaction=False) as pipe:
+        for session_id in session_ids:
+            pipe.zrange(ledger_conversions_key(session_id), 0, -1)
+        listed = [[_text(event_id) for event_id in ids] for ids in pipe.execute()]
+    with client.pipeline(transaction=False) as pipe:
+        for event_id in (event_id for ids in listed for event_id in ids):
+            pipe.hmget(ledger_key(event_id), "k", "st")
+        states = iter(pipe.execute())
+    found = []
+    for ids in listed:
+        rows = []
+        for event_id in ids:
+            kind, state = next(states)
+            rows.append(
+                {
+                    "event_id": event_id,
+                    "type": _text(kind) if kind else None,
+                    "state": _text(state) if state else None,
+                }
+            )
+        found.append(rows)
+    return found
 
 
 def summary(client: redis.Redis, now: float | None = None) -> dict[str, Any]:

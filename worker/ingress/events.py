@@ -27,8 +27,9 @@ class Event(BaseModel):
         Field(
             # The same rule as worker.ids.check_session_id, which still has the last word.
             pattern=f"^{SESSION_ID_PATTERN.pattern}$",
-            description="Required for the event types that start the pipeline "
-            "(INGRESS_EVENT_TYPES).",
+            description="Required for the session event types that start the pipeline "
+            "(INGRESS_EVENT_TYPES); a purchase or subscription event may name its session "
+            "here, in data.session_id or in profile.session_id, or not at all.",
             examples=["ses_01HZX3P7Q0V1M2N3B4C5D6E7F8"],
         ),
     ] = None

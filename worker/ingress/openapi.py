@@ -46,7 +46,10 @@ def _answer(status: dict[str, Any], *, required: tuple[str, ...] = ()) -> dict[s
             "status": status,
             "event_id": {"type": "string"},
             "type": {"type": "string"},
-            "session_id": {"type": "string"},
+            "session_id": {
+                "type": ["string", "null"],
+                "description": "The event's session; null for a conversion that names none.",
+            },
             "reason": {"type": "string"},
         },
         "required": ["status", "event_id", "type", *required],
@@ -93,8 +96,10 @@ def openapi_document() -> dict[str, Any]:
             "Authenticated by the project secret in `Fox-Secret-Key` (or the older "
             "`Fox-Secret`). Events of the configured types (INGRESS_EVENT_TYPES) are queued "
             "for enrichment and answered 202 once the task is in the broker; others are "
-            "answered 200 and dropped. An event id already queued is answered 200 "
-            "`duplicate` and not queued again."
+            "answered 200 and dropped. Purchase and subscription events (conversions) are "
+            "queued whether or not they name a session (the envelope's `session_id`, else "
+            "`data.session_id`, else `profile.session_id`). An event id already queued is "
+            "answered 200 `duplicate` and not queued again."
         ),
         "operationId": "receiveFunnelFoxEvent",
         "security": [{"FoxSecretKey": []}, {"FoxSecret": []}],

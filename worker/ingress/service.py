@@ -1,10 +1,14 @@
-"""The ingress app: FunnelFox webhooks become ``enrich_session`` tasks, answered only once queued.
+"""The ingress app: FunnelFox webhooks become tasks, answered only once queued.
 
 Order of checks on ``POST /webhooks/funnelfox``, cheapest and least revealing first:
 secret (401) → size (413) → JSON (400) → envelope (422) → event type / sandbox (200 ignored)
 → session id (422) → dedupe marker (200 duplicate) → publish (202, or 503 when the broker fails).
 With REDIS_WAIT_REPLICAS, a 202 or 200 duplicate is sent only once that many replicas hold the
 event's task, so a failover to one of them cannot lose an acknowledged event (else 503).
+
+A conversion (a purchase or subscription event, ``worker.conversions``) needs no session id:
+its session is looked for in the envelope, ``data`` and ``profile``, and it is queued as its
+own unit, keyed by its event id, whatever is found.
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from config.ingress import IngressConfig
+from worker.conversions import Conversion, conversion_of, is_conversion
 from worker.errors import InvalidSessionId
 from worker.ids import check_session_id
 from worker.ingress.body import BadContentLength, BodyTooLarge, read_limited
@@ -194,6 +199,9 @@ class Ingress:
             return JSONResponse(
                 {"status": "ignored", "reason": "sandbox events are off", **ids}, status_code=200
             )
+        if is_conversion(event.type):
+            conversion = conversion_of(event.type, event.session_id, event.model_extra or {})
+            return await self._enqueue(event, conversion.session_id, ids, conversion)
         if event.session_id is None:
             return _error(
                 422,
@@ -213,9 +221,17 @@ class Ingress:
             )
         return await self._enqueue(event, session_id, ids)
 
-    async def _enqueue(self, event: Event, session_id: str, ids: dict[str, str]) -> Response:
+    async def _enqueue(
+        self,
+        event: Event,
+        session_id: str | None,
+        ids: dict[str, str],
+        conversion: Conversion | None = None,
+    ) -> Response:
         markers = EventMarkers(self._markers_redis(), dedupe_ttl_s=self.config.dedupe_ttl_s)
-        context = {"session_id": session_id}
+        context = {"session_id": session_id or ""}
+        # The ledger's unit: the session, or a conversion's event.
+        unit_id = event.id if conversion is not None else session_id or event.id
         try:
             # Which primary takes this event's writes, so the wait for replicas can tell.
             primary = await primary_id(self._markers_redis()) if self.config.wait_replicas else ""
@@ -228,7 +244,7 @@ class Ingress:
                 extra=context,
             )
             return self._unavailable()
-        if claim is Claim.DUPLICATE and not await self._lost(session_id):
+        if claim is Claim.DUPLICATE and not await self._lost(unit_id):
             # Its first copy may have been acknowledged unreplicated (and answered 503).
             if not await self._replicated(event.id, primary, context):
                 return self._not_replicated()
@@ -245,7 +261,11 @@ class Ingress:
         try:
             # Celery's publish blocks: a worker thread keeps the loop serving other requests.
             await anyio.to_thread.run_sync(
-                self._publish, session_id, event.trigger(), limiter=self._limiter
+                self._publish,
+                session_id if conversion is None and session_id else event.id,
+                event.trigger(),
+                conversion,
+                limiter=self._limiter,
             )
         except Exception as exc:
             log.warning(
@@ -277,7 +297,7 @@ class Ingress:
             {"status": "enqueued", "session_id": session_id, **ids}, status_code=202
         )
 
-    async def _lost(self, session_id: str) -> bool:
+    async def _lost(self, unit_id: str) -> bool:
         """Whether a session whose event was already enqueued needs publishing again.
 
         FunnelFox redelivers an event when it did not hear back; if the ledger has no entry
@@ -287,8 +307,8 @@ class Ingress:
         client = self._markers_redis()
         try:
             async with client.pipeline(transaction=False) as pipe:
-                pipe.hget(ledger_key(session_id), "st")
-                pipe.zscore(LEDGER_IDLE, session_id)
+                pipe.hget(ledger_key(unit_id), "st")
+                pipe.zscore(LEDGER_IDLE, unit_id)
                 state, expected_by = await pipe.execute()
         except Exception:
             return False  # the duplicate answer stands; the reconciler still watches it
@@ -317,9 +337,14 @@ class Ingress:
         log.warning("event %s not acknowledged: %s", event_id, problem, extra=context)
         return False
 
-    def _publish(self, session_id: str, trigger: dict[str, Any]) -> None:
+    def _publish(
+        self, unit_id: str, trigger: dict[str, Any], conversion: Conversion | None
+    ) -> None:
         assert self._publisher is not None, "set in lifespan"
-        self._publisher.publish(session_id, trigger)
+        if conversion is None:
+            self._publisher.publish(unit_id, trigger)
+        else:
+            self._publisher.publish(unit_id, trigger, conversion)
 
     def _markers_redis(self) -> aioredis.Redis:
         assert self._redis is not None, "set in lifespan"

@@ -29,10 +29,11 @@ class Outcome:
 
 @dataclass(frozen=True)
 class Delivery:
-    """One payload for one session, exactly as built by the enrich stage."""
+    """One payload for one unit of work, exactly as built by the enrich stage."""
 
-    session_id: str
+    session_id: str  # "" for a conversion without a session
     payload: bytes
+    event_id: str | None = None  # a conversion's: its identity downstream (webhook-id)
 
 
 class Resources(Protocol):

@@ -20,24 +20,26 @@ from worker.sinks.base import Delivery, Outcome, Resources, Sink
 # On the state Redis: the XADD and the delivery record in one atomic step, and no XADD when
 # the record exists, so neither a crash between the two nor a client's own retry of the
 # command (redis-py retries on a dropped connection) can append a session twice.
-# KEYS: stream, delivered record. ARGV: maxlen, ttl, session id, webhook id, payload.
+# KEYS: stream, delivered record. ARGV: maxlen, ttl, then the entry's fields and values.
 _XADD_ONCE = """
 if redis.call('exists', KEYS[2]) == 1 then return 0 end
-redis.call('xadd', KEYS[1], 'MAXLEN', '~', ARGV[1], '*',
-    'session_id', ARGV[3], 'webhook_id', ARGV[4], 'payload', ARGV[5])
+redis.call('xadd', KEYS[1], 'MAXLEN', '~', ARGV[1], '*', unpack(ARGV, 3))
 redis.call('set', KEYS[2], '1', 'EX', ARGV[2])
 return 1
 """
 
 
-def entry_id(name: str, session_id: str) -> str:
-    """The ``webhook_id`` field of a session's entry: stable per destination and session."""
-    digest = hashlib.sha256(f"{name}\n{session_id}".encode()).hexdigest()
+def entry_id(name: str, session_id: str, event_id: str | None = None) -> str:
+    """The ``webhook_id`` field of an entry: stable per destination and unit of work (a
+    session, or a conversion's event)."""
+    subject = session_id if event_id is None else f"event\n{event_id}"
+    digest = hashlib.sha256(f"{name}\n{subject}".encode()).hexdigest()
     return f"msg_{digest[:32]}"
 
 
 class StreamSink(Sink):
-    """Appends ``{session_id, webhook_id, payload}`` entries; one round trip per batch.
+    """Appends ``{session_id, webhook_id, payload}`` entries (a conversion's with its
+    ``event_id`` first); one round trip per batch.
 
     With ``dedupe_ttl_s`` (the stream lives on the state Redis) each entry is appended once:
     exactly once. On another Redis it is at least once: a crash after the XADD and before the
@@ -98,26 +100,25 @@ class StreamSink(Sink):
         ]
 
     async def _append(self, pipe: Any, delivery: Delivery) -> None:
-        webhook_id = entry_id(self.name, delivery.session_id)
+        fields: dict[str, str | bytes] = {}
+        if delivery.event_id is not None:
+            fields["event_id"] = delivery.event_id
+        fields["session_id"] = delivery.session_id
+        fields["webhook_id"] = entry_id(self.name, delivery.session_id, delivery.event_id)
+        fields["payload"] = delivery.payload
         if self._dedupe_ttl_s is not None:
-            keys = [self._stream, delivered_key(self.name, delivery.session_id)]
-            args: list[str | int | bytes] = [
-                self._maxlen,
-                self._dedupe_ttl_s,
-                delivery.session_id,
-                webhook_id,
-                delivery.payload,
-            ]
+            # Delivery records are keyed by the unit of work: a conversion's by its event id.
+            unit = delivery.event_id if delivery.event_id is not None else delivery.session_id
+            keys = [self._stream, delivered_key(self.name, unit)]
+            args: list[str | int | bytes] = [self._maxlen, self._dedupe_ttl_s]
+            for name, value in fields.items():
+                args += [name, value]
             await self._xadd_once(keys, args, client=pipe)
             return
         # approximate=True lets Redis trim whole macro nodes: cheap, and still bounded.
         pipe.xadd(
             self._stream,
-            {
-                "session_id": delivery.session_id,
-                "webhook_id": webhook_id,
-                "payload": delivery.payload,
-            },
+            dict(fields),
             maxlen=self._maxlen,
             approximate=True,
         )

@@ -57,20 +57,25 @@ class WebhookSink(Sink):
         sink.filters = destination.filters
         return sink
 
-    def message_id(self, session_id: str) -> str:
-        """Stable per session and destination, so a receiver can drop repeats of a retry.
+    def message_id(self, session_id: str, event_id: str | None = None) -> str:
+        """Stable per unit of work and destination, so a receiver can drop repeats of a retry.
 
-        The shorthand destination ``webhook`` keeps the ids it had before destinations had
-        names (its URL and the session); any other also hashes its name, so two destinations
-        never share an id, even at one URL.
+        A session's is a hash of the destination and the session id; a conversion's of the
+        destination and its event id (never equal to a session's: ids hold no newline). The
+        shorthand destination ``webhook`` keeps the ids it had before destinations had names
+        (its URL only); any other also hashes its name, so two destinations never share an id,
+        even at one URL.
         """
         scope = self._url if self.name == "webhook" else f"{self.name}\n{self._url}"
-        digest = hashlib.sha256(f"{scope}\n{session_id}".encode()).hexdigest()
+        subject = session_id if event_id is None else f"event\n{event_id}"
+        digest = hashlib.sha256(f"{scope}\n{subject}".encode()).hexdigest()
         return f"msg_{digest[:32]}"
 
-    def headers(self, session_id: str, payload: bytes, now: datetime) -> dict[str, str]:
+    def headers(
+        self, session_id: str, payload: bytes, now: datetime, event_id: str | None = None
+    ) -> dict[str, str]:
         """The signed headers for one attempt; the timestamp is the attempt's own."""
-        message_id = self.message_id(session_id)
+        message_id = self.message_id(session_id, event_id)
         text = payload.decode()
         # One "v1,<signature>" per key, space-separated: a receiver holding any one verifies.
         signature = " ".join(signer.sign(message_id, now, text) for signer in self._signers)
@@ -96,7 +101,9 @@ class WebhookSink(Sink):
         return Outcome(error, time.perf_counter() - started)
 
     async def _post(self, delivery: Delivery) -> errors.StageError | None:
-        headers = self.headers(delivery.session_id, delivery.payload, datetime.now(UTC))
+        headers = self.headers(
+            delivery.session_id, delivery.payload, datetime.now(UTC), delivery.event_id
+        )
         try:
             response = await self._http.request(
                 "POST", self._parsed_url, content=delivery.payload, headers=headers

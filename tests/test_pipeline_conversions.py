@@ -1,0 +1,289 @@
+"""Conversions through the pipeline over a real Redis: their session reused or fetched, kept
+for the next ones, missing or refused by FunnelFox; their own delivery records and routing."""
+
+from __future__ import annotations
+
+import asyncio
+from collections import Counter
+from collections.abc import Callable, Coroutine, Sequence
+from datetime import UTC, datetime
+from typing import Any, TypeVar
+
+import httpx
+import orjson
+import pytest
+import redis
+import redis.asyncio as aioredis
+from pydantic import SecretStr
+
+from worker import errors, pipeline
+from worker.cli.dlq import plan_replay
+from worker.conversions import Conversion
+from worker.deadletters import DeadLetters
+from worker.enrichments import EnrichmentCache, decode
+from worker.fetch import FunnelFoxClient
+from worker.http import HttpSession
+from worker.keys import delivered_key, enriched_key
+from worker.pipeline import Pipeline
+from worker.retry import RetryPolicy
+from worker.sinks.base import Delivery, Outcome, Sink
+from worker.state import DeliveryState
+from worker.work import Work
+from workshop.sessions import make_session
+
+T = TypeVar("T")
+POLICY = RetryPolicy(base_s=0.01, max_s=0.1, max_attempts=3)
+COMPLETION = {"event_id": "evt_done", "type": "onboarding.completed"}
+
+
+class RecordingSink(Sink):
+    def __init__(
+        self, name: str, answer: Callable[[Delivery], errors.StageError | None] = lambda _: None
+    ) -> None:
+        self.name = name
+        self.answer = answer
+        self.received: list[Delivery] = []
+
+    async def deliver(self, deliveries: Sequence[Delivery]) -> list[Outcome]:
+        self.received.extend(deliveries)
+        return [Outcome(self.answer(d), 0.001) for d in deliveries]
+
+
+class FunnelFox:
+    """Get Session, counting the requests per session id."""
+
+    def __init__(self) -> None:
+        self.requests: Counter[str] = Counter()
+
+    def __call__(self, request: httpx.Request) -> httpx.Response:
+        session_id = request.url.path.rsplit("/", 1)[-1]
+        self.requests[session_id] += 1
+        if "missing" in session_id:
+            return httpx.Response(404, json={"message": "Not Found"})
+        if "flaky" in session_id:
+            return httpx.Response(503)
+        if "broken" in session_id:
+            return httpx.Response(200, content=b'{"id": "%s"}' % session_id.encode())
+        return httpx.Response(200, content=orjson.dumps(make_session(session_id)))
+
+
+def run(
+    redis_url: str,
+    use: Callable[[Pipeline], Coroutine[Any, Any, T]],
+    sinks: Sequence[Sink],
+    funnelfox: FunnelFox,
+    *,
+    keep_s: int | None = 60,
+) -> T:
+    async def main() -> T:
+        client = aioredis.Redis.from_url(redis_url)
+        http = HttpSession(httpx.MockTransport(funnelfox), httpx.Timeout(1))
+        built = Pipeline(
+            funnelfox=FunnelFoxClient(http, api_url="http://ff.test/v1", secret=SecretStr("s_1")),
+            sinks={sink.name: sink for sink in sinks},
+            state=DeliveryState(client, dedupe_ttl_s=60, claim_ttl_s=5),
+            dead_letters=DeadLetters(client),
+            policy=POLICY,
+            enrichments=None if keep_s is None else EnrichmentCache(client, ttl_s=keep_s),
+            now=lambda: datetime(2026, 1, 1, tzinfo=UTC),
+        )
+        try:
+            return await use(built)
+        finally:
+            await client.aclose()
+            await http.aclose()
+
+    return asyncio.run(main())
+
+
+def conversion(event_id: str, event_type: str, session_id: str | None, **data: Any) -> Work:
+    trigger = {"event_id": event_id, "type": event_type}
+    error = None if session_id else "no_session_id"
+    return Work(event_id, trigger=trigger, event=Conversion(event_type, data, session_id, error))
+
+
+def payload(work: Work) -> dict[str, Any]:
+    assert work.payload is not None
+    return orjson.loads(work.payload)  # type: ignore[no-any-return]
+
+
+def test_conversions_reuse_the_enrichment_their_sessions_completion_built(
+    redis_url: str, redis_client: redis.Redis
+) -> None:
+    funnelfox, sink = FunnelFox(), RecordingSink("webhook")
+    completed = run(
+        redis_url, lambda p: p.fetch([Work("ses_c1", trigger=COMPLETION)]), [sink], funnelfox
+    )
+    ttl = redis_client.ttl(enriched_key("ses_c1"))
+    assert 0 < ttl <= 60
+    later = [
+        conversion("evt_sub", "subscription.active", "ses_c1", vendor="stripe"),
+        conversion("evt_buy", "purchase.completed", "ses_c1", price=999),
+    ]
+    result = run(redis_url, lambda p: p.fetch(later), [sink], funnelfox)
+
+    assert funnelfox.requests == {"ses_c1": 1}  # two FunnelFox requests saved
+    assert result.done == ["evt_sub", "evt_buy"]
+    session = payload(completed.deliveries["webhook"][0])
+    sub, buy = (payload(w) for w in result.deliveries["webhook"])
+    assert (sub["type"], buy["type"]) == ("subscription.active", "purchase.completed")
+    for got in (sub, buy):
+        assert got["data"]["session"] == session["data"]["session"]
+        assert got["data"]["enrichment"] == session["data"]["enrichment"]
+        assert got["data"]["session_error"] is None
+    assert sub["data"]["event"] == {"vendor": "stripe"}
+    assert buy["data"]["trigger"] == {"event_id": "evt_buy", "type": "purchase.completed"}
+    assert [e.detail for e in result.events] == ["reused", "reused"]
+
+
+def test_a_conversion_fetches_its_session_when_nothing_is_kept_and_keeps_it(
+    redis_url: str, redis_client: redis.Redis
+) -> None:
+    funnelfox = FunnelFox()
+    first = [conversion("evt_a", "subscription.created", "ses_c2")]
+    run(redis_url, lambda p: p.fetch(first), [RecordingSink("webhook")], funnelfox)
+    assert funnelfox.requests == {"ses_c2": 1}
+    kept = redis_client.get(enriched_key("ses_c2"))
+    assert kept is not None
+    entry = decode(kept)
+    assert entry is not None
+    assert orjson.loads(entry.session) == make_session("ses_c2")
+
+    again = [conversion("evt_b", "subscription.active", "ses_c2")]
+    run(redis_url, lambda p: p.fetch(again), [RecordingSink("webhook")], funnelfox)
+    assert funnelfox.requests == {"ses_c2": 1}
+
+
+def test_with_the_cache_off_every_conversion_fetches(
+    redis_url: str, redis_client: redis.Redis
+) -> None:
+    funnelfox = FunnelFox()
+    works = [
+        Work("ses_c3", trigger=COMPLETION),
+        conversion("evt_c", "purchase.completed", "ses_c3"),
+    ]
+    for work in works:
+        run(
+            redis_url,
+            lambda p, w=work: p.fetch([w]),
+            [RecordingSink("webhook")],
+            funnelfox,
+            keep_s=None,
+        )
+    assert funnelfox.requests == {"ses_c3": 2}
+    assert not redis_client.exists(enriched_key("ses_c3"))
+
+
+def test_sessions_enqueued_without_an_event_are_not_kept(
+    redis_url: str, redis_client: redis.Redis
+) -> None:
+    """The console and backfills: no conversion is expected to follow them soon."""
+    run(redis_url, lambda p: p.fetch([Work("ses_cli")]), [RecordingSink("webhook")], FunnelFox())
+    assert not redis_client.exists(enriched_key("ses_cli"))
+
+
+def test_a_conversion_without_a_session_is_delivered_with_session_null(redis_url: str) -> None:
+    funnelfox = FunnelFox()
+    work = conversion("evt_nosession", "purchase.completed", None, price=999)
+    result = run(redis_url, lambda p: p.fetch([work]), [RecordingSink("webhook")], funnelfox)
+    assert funnelfox.requests == {}
+    data = payload(result.deliveries["webhook"][0])["data"]
+    assert (data["session"], data["enrichment"], data["session_error"]) == (
+        None,
+        None,
+        "no_session_id",
+    )
+    assert data["event"] == {"price": 999}
+
+
+@pytest.mark.parametrize(
+    ("session_id", "reason"), [("ses_missing", "not_found"), ("ses_broken", "invalid_payload")]
+)
+def test_a_conversion_whose_session_funnelfox_refuses_is_delivered_with_the_reason(
+    redis_url: str, session_id: str, reason: str
+) -> None:
+    work = conversion("evt_refused", "subscription.cancelled", session_id)
+    result = run(redis_url, lambda p: p.fetch([work]), [RecordingSink("webhook")], FunnelFox())
+    assert result.dead == []
+    data = payload(result.deliveries["webhook"][0])["data"]
+    assert (data["session"], data["session_error"]) == (None, reason)
+    assert [(e.outcome, e.detail) for e in result.events] == [("ok", reason)]
+
+
+def test_a_conversion_whose_session_is_unavailable_is_retried_like_a_session(
+    redis_url: str,
+) -> None:
+    work = conversion("evt_flaky", "subscription.active", "ses_flaky")
+    result = run(redis_url, lambda p: p.fetch([work]), [RecordingSink("webhook")], FunnelFox())
+    assert result.deliveries == {}
+    [(retry, _)] = result.retries
+    assert (retry.session_id, retry.attempts, retry.event) == ("evt_flaky", 1, work.event)
+
+
+def test_a_conversion_is_its_own_unit_and_delivered_once(
+    redis_url: str, redis_client: redis.Redis
+) -> None:
+    sink = RecordingSink("webhook")
+    session = Work("ses_u", trigger=COMPLETION)
+    sub = conversion("evt_u", "subscription.active", "ses_u")
+
+    async def both(p: Pipeline) -> None:
+        built = await p.fetch([session, sub])
+        await p.deliver("webhook", built.deliveries["webhook"])
+        again = await p.fetch([session, sub])
+        assert again.skipped == ["ses_u", "evt_u"]
+        assert again.deliveries == {}
+
+    run(redis_url, both, [sink], FunnelFox())
+    assert redis_client.exists(delivered_key("webhook", "ses_u"))
+    assert redis_client.exists(delivered_key("webhook", "evt_u"))
+    assert [(d.session_id, d.event_id) for d in sink.received] == [
+        ("ses_u", None),
+        ("ses_u", "evt_u"),
+    ]
+
+
+def test_a_conversions_dead_letter_replays_it_with_its_event(redis_url: str) -> None:
+    refusing = RecordingSink("webhook", lambda d: errors.SinkGone("webhook answered 410"))
+    work = conversion("evt_dead", "purchase.completed", None, price=5)
+
+    async def fail(p: Pipeline) -> None:
+        built = await p.fetch([work])
+        await p.deliver("webhook", built.deliveries["webhook"])
+
+    run(redis_url, fail, [refusing], FunnelFox())
+
+    async def replay() -> Any:
+        client = aioredis.Redis.from_url(redis_url)
+        try:
+            return await plan_replay(client, ["evt_dead"])
+        finally:
+            await client.aclose()
+
+    plan = asyncio.run(replay())
+    [letter] = plan.letters
+    assert (letter.session_id, letter.stage, letter.reason) == (
+        "evt_dead",
+        "deliver:webhook",
+        "gone",
+    )
+    assert letter.event == work.event.to_message()  # type: ignore[union-attr]
+    [again] = plan.deliveries["webhook"]
+    assert again.event == work.event
+    assert payload(again)["type"] == "purchase.completed"
+
+
+def test_routing_decides_which_destinations_take_a_type(
+    redis_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def revenue_to_warehouse(payload_type: str, destinations: Any) -> list[str]:
+        revenue = payload_type.startswith(("purchase.", "subscription."))
+        return [d for d in destinations if (d == "warehouse") == revenue]
+
+    monkeypatch.setattr(pipeline, "destinations_for", revenue_to_warehouse)
+    sinks = [RecordingSink("webhook"), RecordingSink("warehouse")]
+    works = [Work("ses_r", trigger=COMPLETION), conversion("evt_r", "purchase.completed", "ses_r")]
+    result = run(redis_url, lambda p: p.fetch(works), sinks, FunnelFox())
+    assert [w.session_id for w in result.deliveries["webhook"]] == ["ses_r"]
+    assert [w.session_id for w in result.deliveries["warehouse"]] == ["evt_r"]
+    assert [e.destinations for e in result.events] == [{"webhook": "q"}, {"warehouse": "q"}]
