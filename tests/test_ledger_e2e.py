@@ -113,6 +113,7 @@ def test_a_destination_down_longer_than_the_visibility_timeout(
         WEBHOOK_TIMEOUT_S="1",
         RETRY_SCHEDULE_S="1,6,6",  # the second and third delays exceed the visibility timeout
         RECONCILE_AFTER_S="30",
+        BREAKER_FAILURES="1000",  # retries are the point here, not the breaker's pause
     )
     ids = [f"ses_outage{n:02d}" for n in range(30)]
     receiver.set_outage(503)
