@@ -142,8 +142,9 @@ class Pipeline:
         ready = [(w, sinks, src) for (w, sinks), src in zip(todo, sources, strict=True) if src]
         waiting = [unit for unit, src in zip(todo, sources, strict=True) if src is None]
         delays = await self._pace(waiting, result)  # leaves the sessions it lets through
+        timings: list[float] = []  # fetch durations, counted in the wave they complete in
         fetching = {
-            asyncio.ensure_future(self._fetch_one(work, delay, metrics)): (work, sinks)
+            asyncio.ensure_future(self._fetch_one(work, delay, timings)): (work, sinks)
             for (work, sinks), delay in zip(waiting, delays, strict=True)
         }
         order = {future: n for n, future in enumerate(fetching)}  # the batch's own order
@@ -165,11 +166,16 @@ class Pipeline:
                         self._plan(wave, metrics, work, sinks, read, kept)
             if on_ready is None and fetching:
                 continue
+            for seconds in timings:
+                metrics.observe("fetch_duration_seconds", seconds)
+            timings.clear()
             if self.enrichments is not None:
                 await self.enrichments.put_many(kept)
             await self._record(wave, metrics)
             if on_ready is not None:
-                on_ready(wave)
+                # In a thread: publishing blocks, and fetches still waiting for their rate-limit
+                # slot must start on time, not all at once when the loop is free again.
+                await asyncio.to_thread(on_ready, wave)
             total.merge(wave)
             wave, metrics = StageResult(), MetricsBatch()
         return total
@@ -446,7 +452,7 @@ class Pipeline:
         return [reservation.delay_s(i) for i in range(len(todo))]
 
     async def _fetch_one(
-        self, work: Work, delay_s: float, metrics: MetricsBatch
+        self, work: Work, delay_s: float, timings: list[float]
     ) -> tuple[bytes, float]:
         if delay_s > 0:
             await asyncio.sleep(delay_s)
@@ -455,7 +461,7 @@ class Pipeline:
             body = await self.funnelfox.get_session(work.fetch_id or "")
             return body, time.perf_counter() - started
         finally:
-            metrics.observe("fetch_duration_seconds", time.perf_counter() - started)
+            timings.append(time.perf_counter() - started)
 
     async def _record(self, result: StageResult, metrics: MetricsBatch) -> None:
         """Dead letters first, then the ledger (and the retries it schedules), then metrics."""

@@ -16,6 +16,7 @@ import redis.asyncio as aioredis
 from config import Settings
 from worker.breaker import Breaker
 from worker.deadletters import DeadLetters
+from worker.enrich_device import warm_up
 from worker.enrichments import EnrichmentCache
 from worker.fetch import FunnelFoxClient
 from worker.http import HttpSession, make_session
@@ -51,6 +52,7 @@ class Runtime:
         self._other_redis: dict[str, aioredis.Redis] = {}
         self.redis = async_client(settings.redis_url)
         self.pipeline = self._build_pipeline()
+        warm_up()  # before any batch: see worker.enrich_device.warm_up
 
     def _build_pipeline(self) -> Pipeline:
         settings = self.settings
