@@ -82,6 +82,7 @@ class FunnelFoxSimulator(BackgroundServer):
         self._list_requests: list[dict[str, Any]] = []
         self._page_two: dict[str, int] = {}
         self._total = 0
+        self._in_flight = 0
         self._session_path = self.prefix + "/sessions/"
         self._routes: dict[Route, Handler] = {
             ("GET", self.prefix + "/sessions"): self._list_sessions,
@@ -124,6 +125,11 @@ class FunnelFoxSimulator(BackgroundServer):
             return list(self._list_requests)
 
     @property
+    def in_flight(self) -> int:
+        """How many ``GET /sessions/{id}`` requests have arrived and are not answered yet."""
+        return self._in_flight
+
+    @property
     def total_requests(self) -> int:
         """How many API requests were answered (or dropped) since the last reset."""
         return self._total
@@ -162,6 +168,16 @@ class FunnelFoxSimulator(BackgroundServer):
                 self._requests.setdefault(session_id, []).append((arrived, status))
 
     async def _get_session(self, request: web.BaseRequest, session_id: str) -> web.StreamResponse:
+        # One event loop serves every request, so the count needs no lock.
+        self._in_flight += 1
+        try:
+            return await self._answer_session(request, session_id)
+        finally:
+            self._in_flight -= 1
+
+    async def _answer_session(
+        self, request: web.BaseRequest, session_id: str
+    ) -> web.StreamResponse:
         arrived = time.monotonic()
         if self.latency_ms:
             await asyncio.sleep(self.latency_ms / 1000)
