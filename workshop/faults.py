@@ -14,6 +14,8 @@ FunnelFox simulator (``GET /sessions/{id}``):
     invalid          200 with JSON that fails validation
     anon             the session looks anonymized (empty ip, user agent, replies, postal code)
     extra            the session carries unknown fields a consumer must keep
+    big{kib}         a 200 body of {kib} KiB (a valid session, padded), with Content-Length
+    bigchunked{kib}  the same, streamed in chunks without Content-Length
 
 Webhook receiver (directives from the delivered ``data.session.id``):
     h{code}[x{n}], hra{secs}, hrad{secs}, hslow{ms}[x{n}], hdrop[x{n}]   as above
@@ -32,6 +34,7 @@ from functools import lru_cache
 _TIMES = r"(?:x(\d+))?"
 _PAGE_ERROR = re.compile(r"pageerr" + _TIMES)
 _FLAGS = frozenset({"notjson", "invalid", "anon", "extra"})
+_BIG = re.compile(r"big(chunked)?(\d+)")
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,6 +82,8 @@ class Faults:
     invalid: bool = False
     anon: bool = False
     extra: bool = False
+    big_kib: int | None = None  # pad the 200 body to this size
+    chunked: bool = False  # stream it without Content-Length
 
 
 _NO_FAULTS = Faults()
@@ -142,6 +147,7 @@ def parse_faults(session_id: str) -> Faults:
         return _NO_FAULTS
     tokens = session_id.split("-")
     flags = _FLAGS.intersection(tokens)
+    big = next((m for t in tokens if (m := _BIG.fullmatch(t))), None)
     return Faults(
         api=_API.parse(tokens),
         hook=_HOOK.parse(tokens),
@@ -149,6 +155,8 @@ def parse_faults(session_id: str) -> Faults:
         invalid="invalid" in flags,
         anon="anon" in flags,
         extra="extra" in flags,
+        big_kib=int(big[2]) if big else None,
+        chunked=bool(big and big[1]),
     )
 
 

@@ -199,6 +199,8 @@ class FunnelFoxSimulator(BackgroundServer):
         else:
             body = session_body(session_id, entry.funnel_id, entry.index)
         self._record(session_id, arrived, 200)
+        if faults.chunked:
+            return await _stream(request, body)
         return web.Response(body=body, content_type="text/html" if faults.not_json else _JSON)
 
     async def _list_sessions(self, request: web.BaseRequest) -> web.StreamResponse:
@@ -292,6 +294,22 @@ class FunnelFoxSimulator(BackgroundServer):
             return error_response(400)
         current = {"latency_ms": self.latency_ms, "funnels": self._catalog.funnels}
         return web.Response(body=orjson.dumps(current), content_type=_JSON)
+
+
+async def _stream(
+    request: web.BaseRequest, body: bytes, chunk: int = 64 * 1024
+) -> web.StreamResponse:
+    """Send ``body`` chunked (no Content-Length); a client may hang up part way."""
+    response = web.StreamResponse(headers={"Content-Type": _JSON})
+    response.enable_chunked_encoding()
+    await response.prepare(request)
+    try:
+        for start in range(0, len(body), chunk):
+            await response.write(body[start : start + chunk])
+        await response.write_eof()
+    except ConnectionError:
+        pass  # the client stopped reading
+    return response
 
 
 def _page_body(entries: list[FunnelEntry], next_cursor: str | None, total: int) -> bytes:

@@ -408,7 +408,12 @@ def session_body(session_id: str, funnel_id: str | None = None, index: int = 0) 
         return b"<html><body><h1>502 Bad Gateway</h1></body></html>"
     if faults.invalid:
         return _invalid_body(session_id)
-    return orjson.dumps(make_session(session_id, funnel_id=funnel_id, index=index))
+    session = make_session(session_id, funnel_id=funnel_id, index=index)
+    if faults.big_kib is not None:
+        # An unknown field (consumers keep those) fills the body to the size asked for.
+        room = faults.big_kib * 1024 - len(orjson.dumps(session)) - len(',"padding":""')
+        session["padding"] = "x" * max(0, room)
+    return orjson.dumps(session)
 
 
 def rfc3339(unix_s: int) -> str:
