@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import secrets
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -227,7 +228,7 @@ def main(argv: list[str] | None = None) -> int:
     log_dir = Path(tempfile.mkdtemp(prefix="ffe-bench-memory-"))
     rows = run(args.sessions, args.refused, log_dir)
     print(table(rows))
-    print(f"\nlogs in {log_dir}")
+    shutil.rmtree(log_dir, ignore_errors=True)  # a failed run raises first, keeping them
     return 0
 
 
