@@ -154,7 +154,8 @@ def test_redis_has_a_memory_ceiling_and_never_evicts() -> None:
     assert variable, "overridable from .env: ${REDIS_MAXMEMORY:-<default>}"
     assert variable.group(1) == "REDIS_MAXMEMORY"
     default = variable.group(2) or ""
-    assert _MEMORY.match(default) and default not in ("0", "0b"), "a default ceiling, not none"
+    assert _MEMORY.match(default), f"a size Redis reads: {default!r}"
+    assert default not in ("0", "0b"), "a default ceiling (0 means none)"
     assert "REDIS_MAXMEMORY" in env_example(), ".env.example tells where to set it"
 
 
