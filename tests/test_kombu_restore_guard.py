@@ -66,7 +66,8 @@ def test_the_installed_kombu_is_one_it_was_verified_against() -> None:
 
 
 @pytest.fixture
-def guarded(unpatched: None) -> None:
+def guarded(unpatched: None, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(guard, "BACKLOG", guard.Backlog())
     assert guard.install("5.7.0")
 
 
@@ -135,7 +136,26 @@ def test_a_message_popped_from_a_full_redis_is_held_and_put_back_first(channel: 
     assert channel.basic_get("q").payload == {"n": 2}
 
 
-def test_a_shutdown_on_a_full_redis_says_what_it_could_not_put_back(
+def test_a_held_message_outlives_its_channel_and_goes_back_through_the_next(
+    channel: Any, full_redis: EmbeddedRedis, caplog: pytest.LogCaptureFixture
+) -> None:
+    _publish(channel, {"n": 1})
+    client = _client(channel)
+    filler = fill(client, SMALL)
+    assert channel.basic_get("q") is None
+    caplog.set_level(logging.WARNING)
+    channel.close()  # as when the connection is lost and kombu opens another
+    assert "1 message(s) taken from their queue stay held" in caplog.text
+    free(client, filler, SMALL)
+    with Connection(full_redis.url) as connection:
+        again = connection.channel()
+        assert not again.qos.can_consume(), "still backing off after the failed try"
+        assert guard.flush(again.qos, now=True), "put back through the new channel"
+        assert again.qos.can_consume()
+        assert again.basic_get("q").payload == {"n": 1}
+
+
+def test_messages_still_held_at_exit_are_reported_lost(
     channel: Any, caplog: pytest.LogCaptureFixture
 ) -> None:
     _publish(channel, {"n": 1})
@@ -143,6 +163,6 @@ def test_a_shutdown_on_a_full_redis_says_what_it_could_not_put_back(
     filler = fill(client, SMALL)
     assert channel.basic_get("q") is None
     caplog.set_level(logging.ERROR)
-    channel.close()
-    assert "1 message(s) taken from their queue could not be put back" in caplog.text
+    guard.report_lost()
+    assert "1 message(s) taken from their queue are lost" in caplog.text
     free(client, filler, SMALL)

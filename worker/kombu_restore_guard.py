@@ -28,10 +28,11 @@ OOM") is the nearest. Guarded, per channel:
   10 s): a held message goes back to the head of its queue, a requeue is done;
 - the sweep that restores abandoned messages skips its round instead of raising.
 
-A held message lives only in the worker's memory until Redis takes writes again: a crash of
-the worker in that time loses it (kombu's own gap between popping a message and recording it,
-widened to the time Redis stays full; at most one message per channel, since the channel
-stops consuming at once). A warm shutdown tries once more and logs any it could not put back.
+A held message lives only in the worker's memory until Redis takes writes again (through
+reconnections: the backlog is the process's, not one channel's): a crash of the worker in
+that time loses it (kombu's own gap between popping a message and recording it, widened to
+the time Redis stays full; about one message per worker, since it stops consuming at once).
+Closing a channel tries once more; exiting with messages still held logs them as lost.
 
 Each guard is applied only to the kombu versions it was verified against (the restore guard:
 seen crashing in ``tests/test_chaos.py`` with kombu 5.7.0, and guarded there since; the full
@@ -41,6 +42,7 @@ other version it is left out, with a warning, since the internals it wraps may d
 
 from __future__ import annotations
 
+import atexit
 import logging
 import time
 from dataclasses import dataclass, field
@@ -110,12 +112,10 @@ class Backlog:
             )
 
 
-def backlog_of(qos: Any) -> Backlog:
-    """The channel's backlog, made on first use."""
-    backlog: Backlog | None = qos.__dict__.get("_ffe_backlog")
-    if backlog is None:
-        backlog = qos._ffe_backlog = Backlog()
-    return backlog
+# One per process: a worker's main process consumes through one channel at a time, and what it
+# holds must outlive that channel (kombu opens a new one when the connection comes back, say
+# after Redis was restarted to give it more memory).
+BACKLOG = Backlog()
 
 
 def _write_back(qos: Any, backlog: Backlog) -> None:
@@ -134,20 +134,36 @@ def _write_back(qos: Any, backlog: Backlog) -> None:
 
 
 def flush(qos: Any, *, now: bool = False) -> bool:
-    """Write the backlog back if Redis takes it (not before the backoff, unless ``now``)."""
-    backlog = backlog_of(qos)
+    """Write the backlog back through ``qos``'s channel if Redis takes it (not before the
+    backoff, unless ``now``); True when nothing is left."""
+    backlog = BACKLOG
     if not backlog:
         return True
     if not now and time.monotonic() < backlog.retry_at:
         return False
     try:
         _write_back(qos, backlog)
-    except _OOM:
+    except redis.exceptions.RedisError:  # still full, or away: held as it is, tried later
         backlog.refused("still")
         return False
     log.info("Redis takes writes again: held and requeued messages are back in their queues")
     backlog.failures = 0
     return True
+
+
+def _task_ids(backlog: Backlog) -> str:
+    return ", ".join(str(payload.get("headers", {}).get("id")) for payload, _, _ in backlog.held)
+
+
+def report_lost() -> None:
+    """At exit: say which held messages never got back to their queue."""
+    if BACKLOG.held:
+        log.error(
+            "Redis never took writes again: %d message(s) taken from their queue are lost "
+            "(task ids %s)",
+            len(BACKLOG.held),
+            _task_ids(BACKLOG),
+        )
 
 
 def _forget(qos: Any, delivery_tag: str) -> None:
@@ -163,7 +179,7 @@ def _append(self: Any, message: Any, delivery_tag: str) -> None:
         _ORIGINAL["append"](self, message, delivery_tag)
     except _OOM:
         info = message.delivery_info
-        backlog = backlog_of(self)
+        backlog = BACKLOG
         backlog.held.append((message._raw, info["exchange"], info["routing_key"]))
         backlog.refused("a message just taken from its queue is held in memory")
         raise HeldBack() from None
@@ -182,7 +198,7 @@ def _reject(self: Any, delivery_tag: str, requeue: bool = False) -> None:
         _ORIGINAL["reject"](self, delivery_tag, requeue)
     except _OOM:
         if requeue:
-            backlog = backlog_of(self)
+            backlog = BACKLOG
             backlog.unrequeued.append(delivery_tag)
             backlog.refused("a message to requeue waits in the unacked hash")
         else:
@@ -191,8 +207,7 @@ def _reject(self: Any, delivery_tag: str, requeue: bool = False) -> None:
 
 
 def _can_consume(self: Any) -> bool:
-    backlog = self.__dict__.get("_ffe_backlog")
-    if backlog and not flush(self):
+    if BACKLOG and not flush(self):
         return False
     return bool(_ORIGINAL["can_consume"](self))
 
@@ -208,15 +223,18 @@ def _restore_visible(self: Any, *args: Any, **kwargs: Any) -> Any:
 
 def _close(self: Any) -> Any:
     qos = getattr(self, "_qos", None)
-    backlog = qos.__dict__.get("_ffe_backlog") if qos is not None else None
-    if backlog and not flush(qos, now=True) and backlog.held:
-        log.error(
-            "Redis is still full at shutdown: %d message(s) taken from their queue could not "
-            "be put back and are lost (task ids %s)",
-            len(backlog.held),
-            ", ".join(str(payload.get("headers", {}).get("id")) for payload, _, _ in backlog.held),
-        )
-    return _ORIGINAL["close"](self)
+    try:
+        if qos is not None and BACKLOG and not flush(qos, now=True) and BACKLOG.held:
+            log.warning(
+                "Redis still refuses writes: %d message(s) taken from their queue stay held "
+                "in memory (task ids %s), to be put back once it takes them; lost if this "
+                "worker stops first",
+                len(BACKLOG.held),
+                _task_ids(BACKLOG),
+            )
+    finally:
+        closed = _ORIGINAL["close"](self)
+    return closed
 
 
 # -- installing ------------------------------------------------------------------------------
@@ -233,6 +251,8 @@ def applies_to(version: str) -> bool:
 
 
 def _install_full_redis_guard() -> None:
+    if kombu_redis.QoS.ack is not _ack:
+        atexit.register(report_lost)
     kombu_redis.QoS.append = _append  # type: ignore[method-assign]
     kombu_redis.QoS.ack = _ack  # type: ignore[method-assign]
     kombu_redis.QoS.reject = _reject  # type: ignore[method-assign]
