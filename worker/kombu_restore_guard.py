@@ -89,7 +89,7 @@ class HeldBack(Empty):
 
 @dataclass
 class Backlog:
-    """What one channel could not write to a full Redis, and when to try again."""
+    """What this process could not write to a full Redis, and when to try again."""
 
     held: list[tuple[Any, str, str]] = field(default_factory=list)  # payload, exchange, key
     unrequeued: list[str] = field(default_factory=list)  # delivery tags in the unacked hash
