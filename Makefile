@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed-stamp
 # it rises, never lower it to pass.
 COVERAGE_FLOOR ?= 0
 
-.PHONY: install test lint format demo bench run dashboard-image
+.PHONY: install test lint format demo bench bench-fsync bench-memory run dashboard-image
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -37,6 +37,9 @@ bench: $(STAMP)  ## throughput side by side with Celery's ceiling and the textbo
 
 dashboard-image: $(STAMP)  ## docs/dashboard.png: the Grafana dashboard's panels, drawn from a real run
 	$(BIN)/python -m deploy.render_dashboard
+
+bench-fsync: $(STAMP)  ## what Redis's AOF fsync policy (always, everysec, no) costs the worker
+	$(BIN)/python -m bench --fsync always,everysec,no --latencies 0,50 --repeat 2
 
 run: $(STAMP)  ## one worker, as the Procfile's worker: line runs it
 	$(BIN)/celery -A worker.app worker --loglevel=INFO --without-gossip --without-mingle

@@ -50,6 +50,15 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--results", type=Path, default=report.RESULTS_PATH)
     parser.add_argument("--no-write", action="store_true", help="print only")
     parser.add_argument("--keep-logs", action="store_true", help="keep logs even when all is well")
+    parser.add_argument(
+        "--fsync",
+        metavar="POLICIES",
+        help="instead: our worker against a Redis of its own per AOF appendfsync policy "
+        "(comma-separated: always, everysec, no)",
+    )
+    parser.add_argument(
+        "--repeat", type=int, default=2, metavar="N", help="with --fsync: rounds of all policies"
+    )
     return parser
 
 
@@ -152,6 +161,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     signal.signal(signal.SIGTERM, _terminate)
     started = time.monotonic()
+    if args.fsync:
+        from bench.fsync import run_fsync
+
+        try:
+            run_fsync(args, _progress)
+        except KeyboardInterrupt:
+            print("\ninterrupted; every child process stopped", file=sys.stderr)
+            return 130
+        print(f"\ntook {time.monotonic() - started:.0f} s")
+        return 0
     try:
         outcomes = run(args)
     except KeyboardInterrupt:

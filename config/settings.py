@@ -43,6 +43,9 @@ class FunnelFoxSettings(BaseSettings):
     secret: SecretStr | None = None
     timeout_s: float = Field(10.0, gt=0)
     max_connections: int = Field(100, ge=1)
+    # A session's body travels inside delivery messages (a batch of them per message): a larger
+    # answer is dead-lettered too_large, and reading stops there.
+    max_body_bytes: int = Field(1024 * 1024, ge=1024)
     # One limit for the whole fleet, enforced through Redis; unset = no limit.
     rate_limit_per_s: float | None = Field(None, gt=0)
 

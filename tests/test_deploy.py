@@ -5,7 +5,9 @@ Rules checked here:
   ``${PORT:-N}`` resolved to N, the port the container listens on (a bare ``$PORT`` has no
   fixed value, so it is refused);
 - every variable compose passes and every variable ``.env.example`` names is read by some
-  settings model, and every variable a settings model reads is in ``.env.example``;
+  settings model (or is one compose itself substitutes, like ``REDIS_MAXMEMORY``), and every
+  variable a settings model reads is in ``.env.example``;
+- Redis keeps an AOF synced before every answer, and a memory ceiling it never evicts under;
 - the optional "sentinel" profile (a replica, three Sentinels) is off by default, and with
   ``compose.sentinel.env`` every process's REDIS_URL names exactly its Sentinels and the
   primary they watch.
@@ -35,6 +37,8 @@ _MONITOR = re.compile(r"sentinel monitor (\S+) (\S+) (\d+) (\d+)")
 _SETTINGS_CLASS = re.compile(r"^class \w+\(BaseSettings\):", re.MULTILINE)
 _ASSIGNMENT = re.compile(r"^#?\s*([A-Z][A-Z0-9_]*)=(.*)$")
 _PORT_DEFAULT = re.compile(r"\$\{PORT:-(\d+)\}")
+_COMPOSE_VARIABLE = re.compile(r"\$\{([A-Z][A-Z0-9_]*)(?::?-([^}]*))?\}")
+_MEMORY = re.compile(r"^\d+(b|kb|mb|gb)?$", re.IGNORECASE)
 
 
 @cache
@@ -145,14 +149,40 @@ def test_compose_has_every_service() -> None:
     assert set(compose()["services"]) >= {"redis", *APP_SERVICES}
 
 
-def test_redis_persists_and_never_evicts() -> None:
+def compose_variables() -> dict[str, str | None]:
+    """The variables docker compose substitutes in docker-compose.yml, with their defaults."""
+    text = (ROOT / "docker-compose.yml").read_text()
+    return {m.group(1): m.group(2) for m in _COMPOSE_VARIABLE.finditer(text)}
+
+
+def redis_option(name: str) -> str:
+    """The value of one ``--name value`` option on the redis service's command line."""
+    command = service("redis")["command"]
+    assert isinstance(command, list), "exec form, one argument per item"
+    assert f"--{name}" in command, f"redis runs without --{name}"
+    return str(command[command.index(f"--{name}") + 1])
+
+
+def test_redis_persists_every_acknowledged_write() -> None:
+    # The README's durability statement rests on these two: an AOF, fsynced before Redis
+    # answers, so a power loss loses nothing a client was told was written.
+    assert redis_option("appendonly") == "yes"
+    assert redis_option("appendfsync") == "always"
     redis = service("redis")
-    command = redis["command"]
-    text = " ".join(command) if isinstance(command, list) else command
-    assert "--appendonly yes" in text
-    assert "--maxmemory-policy noeviction" in text
     assert redis["healthcheck"]["test"]
     assert any(str(volume).endswith(":/data") for volume in redis["volumes"])
+
+
+def test_redis_has_a_memory_ceiling_and_never_evicts() -> None:
+    assert redis_option("maxmemory-policy") == "noeviction"
+    maxmemory = redis_option("maxmemory")
+    variable = _COMPOSE_VARIABLE.fullmatch(maxmemory)
+    assert variable, "overridable from .env: ${REDIS_MAXMEMORY:-<default>}"
+    assert variable.group(1) == "REDIS_MAXMEMORY"
+    default = variable.group(2) or ""
+    assert _MEMORY.match(default), f"a size Redis reads: {default!r}"
+    assert default not in ("0", "0b"), "a default ceiling (0 means none)"
+    assert "REDIS_MAXMEMORY" in env_example(), ".env.example tells where to set it"
 
 
 @pytest.mark.parametrize("name", APP_SERVICES)
@@ -282,7 +312,7 @@ def test_dockerfile_runs_as_a_user_and_defaults_to_the_worker() -> None:
 
 
 def test_env_example_names_only_settings() -> None:
-    unknown = set(env_example()) - setting_names()
+    unknown = set(env_example()) - setting_names() - set(compose_variables())
     assert not unknown, f".env.example names variables no setting reads: {sorted(unknown)}"
 
 

@@ -83,6 +83,7 @@ def test_every_leaf_has_a_stable_reason() -> None:
         errors.SinkGone: "gone",
         errors.InvalidSessionId: "invalid_id",
         errors.UpstreamAuthFailed: "unauthorized",
+        errors.ResponseTooLarge: "too_large",
     }
     for cls, reason in reasons.items():
         assert cls.reason == reason

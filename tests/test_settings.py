@@ -47,6 +47,15 @@ def test_defaults_with_one_sink(monkeypatch: pytest.MonkeyPatch) -> None:
     assert settings.dedupe_ttl_s == 7 * 24 * 3600
 
 
+def test_funnelfox_answers_are_capped_at_one_mib_unless_told(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("OUTPUT_STREAM", "enriched")
+    assert load_settings().funnelfox.max_body_bytes == 1024 * 1024
+    monkeypatch.setenv("FUNNELFOX_MAX_BODY_BYTES", "65536")
+    assert load_settings().funnelfox.max_body_bytes == 65536
+
+
 def test_no_sink_is_refused() -> None:
     with pytest.raises(ConfigError, match="WEBHOOK_URL or OUTPUT_STREAM"):
         load_settings()
@@ -85,6 +94,7 @@ def test_bad_webhook_secret_is_named_not_echoed(
         ("FUNNELFOX_API_URL", "ftp://example"),
         ("WORKER_CONCURRENCY", "many"),
         ("RETRY_MAX_ATTEMPTS", "0"),
+        ("FUNNELFOX_MAX_BODY_BYTES", "100"),
     ],
 )
 def test_invalid_values_name_their_variable(

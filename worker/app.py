@@ -59,6 +59,15 @@ def _register_destinations(**_: Any) -> None:
         client.close()
 
 
+@signals.worker_process_init.connect
+def _own_sigterm(**_: Any) -> None:
+    # A supervisor's SIGTERM to every process must not cut off a pool process's task; see
+    # worker/pool_sigterm.py.
+    from worker import pool_sigterm
+
+    pool_sigterm.install()
+
+
 @signals.setup_logging.connect
 def _setup_logging(**_: Any) -> None:
     # Connecting here replaces Celery's own logging set-up with ours, in every process.

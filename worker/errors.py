@@ -13,6 +13,7 @@
             ├── SessionNotFound ..... FunnelFox 404
             ├── UpstreamRejected .... FunnelFox 400/422 and other unexpected answers
             ├── InvalidPayload ...... a 2xx body that is not JSON or fails validation
+            ├── ResponseTooLarge .... a 2xx body over FUNNELFOX_MAX_BODY_BYTES (not read further)
             ├── SinkGone ............ the receiver answered 410: it will never take it
             └── SinkRejected ........ other 4xx, or a 3xx (never followed silently)
 
@@ -102,6 +103,12 @@ class InvalidPayload(Permanent):
     """FunnelFox answered 2xx with a body that is not a valid session."""
 
     reason = "invalid_payload"
+
+
+class ResponseTooLarge(Permanent):
+    """FunnelFox answered 2xx with a body over the size this worker carries."""
+
+    reason = "too_large"
 
 
 class SinkGone(Permanent):

@@ -22,9 +22,17 @@ RETRYABLE_STATUSES = frozenset({408, 425, 429, 500, 502, 503, 504, 524})
 class FunnelFoxClient:
     """Reads sessions with the project's secret over a shared, pooled client."""
 
-    def __init__(self, http: HttpSession, *, api_url: str, secret: SecretStr) -> None:
+    def __init__(
+        self,
+        http: HttpSession,
+        *,
+        api_url: str,
+        secret: SecretStr,
+        max_body_bytes: int | None = None,  # None: no limit
+    ) -> None:
         self._http = http
         self._api_url = api_url.rstrip("/")
+        self._max_body_bytes = max_body_bytes
         self._headers = {"Fox-Secret": secret.get_secret_value(), "Accept": "application/json"}
 
     async def get_session(self, session_id: str) -> bytes:
@@ -32,8 +40,16 @@ class FunnelFoxClient:
         check_session_id(session_id)
         try:
             response = await self._http.request(
-                "GET", f"{self._api_url}/sessions/{session_id}", headers=self._headers
+                "GET",
+                f"{self._api_url}/sessions/{session_id}",
+                headers=self._headers,
+                max_body_bytes=self._max_body_bytes,
             )
+        except errors.ResponseTooLarge as exc:
+            raise errors.ResponseTooLarge(
+                f"FunnelFox's answer for session {session_id} is too large: {exc} "
+                "(FUNNELFOX_MAX_BODY_BYTES)"
+            ) from None
         except TRANSPORT_ERRORS as exc:  # translated at this boundary, nowhere else
             raise translate_transport_error(
                 exc, unavailable=errors.UpstreamUnavailable, rejected=errors.UpstreamRejected

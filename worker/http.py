@@ -14,7 +14,7 @@ import aiohttp
 import httpx
 from httpx_aiohttp import AiohttpTransport
 
-from worker.errors import Permanent, Retryable, StageError
+from worker.errors import Permanent, ResponseTooLarge, Retryable, StageError
 
 # Transport faults worth another try: the peer or the path may be back soon.
 _TRANSIENT: tuple[type[BaseException], ...] = (
@@ -60,14 +60,23 @@ class HttpSession:
         *,
         headers: dict[str, str],
         content: bytes | None = None,
+        max_body_bytes: int | None = None,
     ) -> httpx.Response:
-        """Send one request and read its whole answer; httpx exceptions on failure."""
+        """Send one request and read its answer; httpx exceptions on failure.
+
+        With ``max_body_bytes``, a 2xx answer longer than that raises ResponseTooLarge as soon
+        as its Content-Length or the bytes read so far say so; any other answer keeps its
+        first ``max_body_bytes`` (enough to say what went wrong).
+        """
         request = httpx.Request(
             method, url, headers=headers, content=content, extensions={"timeout": self._timeout}
         )
         response = await self._transport.handle_async_request(request)
         try:
-            await response.aread()
+            if max_body_bytes is None:
+                await response.aread()
+            else:
+                await read_capped(response, max_body_bytes)
         finally:
             await response.aclose()
         return response
@@ -75,6 +84,25 @@ class HttpSession:
     async def aclose(self) -> None:
         """Close the pool's connections."""
         await self._transport.aclose()
+
+
+async def read_capped(response: httpx.Response, limit: int) -> bytes:
+    """Read ``response`` (decoded) up to ``limit`` bytes; stop reading once past it."""
+    declared = response.headers.get("content-length", "")
+    if response.is_success and declared.isdigit() and int(declared) > limit:
+        raise ResponseTooLarge(f"answer of {declared} bytes (Content-Length), over {limit}")
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in response.aiter_bytes():
+        chunks.append(chunk)
+        size += len(chunk)
+        if size > limit:
+            if response.is_success:
+                raise ResponseTooLarge(f"answer over {limit} bytes (stopped reading there)")
+            break
+    # What httpx's own aread() keeps, so .content and .text work as after it.
+    response._content = b"".join(chunks)[:limit]
+    return response._content
 
 
 def make_session(*, timeout_s: float, max_connections: int) -> HttpSession:

@@ -80,7 +80,10 @@ class Runtime:
         }
         return Pipeline(
             funnelfox=FunnelFoxClient(
-                upstream, api_url=settings.funnelfox.api_url, secret=settings.funnelfox.secret
+                upstream,
+                api_url=settings.funnelfox.api_url,
+                secret=settings.funnelfox.secret,
+                max_body_bytes=settings.funnelfox.max_body_bytes,
             ),
             sinks=sinks,
             state=DeliveryState(

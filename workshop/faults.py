@@ -27,6 +27,8 @@ FunnelFox simulator (``GET /sessions/{id}``):
     noid             no id field
     otherid          another session's id
     nocreatedat      no created_at field
+    big{kib}         a 200 body of {kib} KiB (a valid session, padded), with Content-Length
+    bigchunked{kib}  the same, streamed in chunks without Content-Length
 
 Webhook receiver (directives from the delivered ``data.session.id``):
     h{code}[x{n}], hra{secs}, hrad{secs}, hslow{ms}[x{n}], hdrop[x{n}]   as above
@@ -58,6 +60,8 @@ SHAPES: tuple[str, ...] = (
     "nocreatedat",
 )
 """Body-shape tokens, in the order they are applied."""
+
+_BIG = re.compile(r"big(chunked)?(\d+)")
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,6 +110,8 @@ class Faults:
     anon: bool = False
     extra: bool = False
     shapes: tuple[str, ...] = ()  # among SHAPES, in SHAPES order
+    big_kib: int | None = None  # pad the 200 body to this size
+    chunked: bool = False  # stream it without Content-Length
 
 
 _NO_FAULTS = Faults()
@@ -169,6 +175,7 @@ def parse_faults(session_id: str) -> Faults:
         return _NO_FAULTS
     tokens = session_id.split("-")
     flags = _FLAGS.intersection(tokens)
+    big = next((m for t in tokens if (m := _BIG.fullmatch(t))), None)
     return Faults(
         api=_API.parse(tokens),
         hook=_HOOK.parse(tokens),
@@ -177,6 +184,8 @@ def parse_faults(session_id: str) -> Faults:
         anon="anon" in flags,
         extra="extra" in flags,
         shapes=tuple(shape for shape in SHAPES if shape in tokens),
+        big_kib=int(big[2]) if big else None,
+        chunked=bool(big and big[1]),
     )
 
 

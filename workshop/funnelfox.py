@@ -82,6 +82,7 @@ class FunnelFoxSimulator(BackgroundServer):
         self._list_requests: list[dict[str, Any]] = []
         self._page_two: dict[str, int] = {}
         self._total = 0
+        self._in_flight = 0
         self._session_path = self.prefix + "/sessions/"
         self._routes: dict[Route, Handler] = {
             ("GET", self.prefix + "/sessions"): self._list_sessions,
@@ -124,6 +125,11 @@ class FunnelFoxSimulator(BackgroundServer):
             return list(self._list_requests)
 
     @property
+    def in_flight(self) -> int:
+        """How many ``GET /sessions/{id}`` requests have arrived and are not answered yet."""
+        return self._in_flight
+
+    @property
     def total_requests(self) -> int:
         """How many API requests were answered (or dropped) since the last reset."""
         return self._total
@@ -162,6 +168,16 @@ class FunnelFoxSimulator(BackgroundServer):
                 self._requests.setdefault(session_id, []).append((arrived, status))
 
     async def _get_session(self, request: web.BaseRequest, session_id: str) -> web.StreamResponse:
+        # One event loop serves every request, so the count needs no lock.
+        self._in_flight += 1
+        try:
+            return await self._answer_session(request, session_id)
+        finally:
+            self._in_flight -= 1
+
+    async def _answer_session(
+        self, request: web.BaseRequest, session_id: str
+    ) -> web.StreamResponse:
         arrived = time.monotonic()
         if self.latency_ms:
             await asyncio.sleep(self.latency_ms / 1000)
@@ -183,6 +199,8 @@ class FunnelFoxSimulator(BackgroundServer):
         else:
             body = session_body(session_id, entry.funnel_id, entry.index)
         self._record(session_id, arrived, 200)
+        if faults.chunked:
+            return await _stream(request, body)
         return web.Response(body=body, content_type="text/html" if faults.not_json else _JSON)
 
     async def _list_sessions(self, request: web.BaseRequest) -> web.StreamResponse:
@@ -276,6 +294,22 @@ class FunnelFoxSimulator(BackgroundServer):
             return error_response(400)
         current = {"latency_ms": self.latency_ms, "funnels": self._catalog.funnels}
         return web.Response(body=orjson.dumps(current), content_type=_JSON)
+
+
+async def _stream(
+    request: web.BaseRequest, body: bytes, chunk: int = 64 * 1024
+) -> web.StreamResponse:
+    """Send ``body`` chunked (no Content-Length); a client may hang up part way."""
+    response = web.StreamResponse(headers={"Content-Type": _JSON})
+    response.enable_chunked_encoding()
+    await response.prepare(request)
+    try:
+        for start in range(0, len(body), chunk):
+            await response.write(body[start : start + chunk])
+        await response.write_eof()
+    except ConnectionError:
+        pass  # the client stopped reading
+    return response
 
 
 def _page_body(entries: list[FunnelEntry], next_cursor: str | None, total: int) -> bytes:

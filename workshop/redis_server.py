@@ -49,9 +49,18 @@ def free_port() -> int:
 class EmbeddedRedis:
     """A redis-server child process on 127.0.0.1, stopped with ``stop()`` or on exit."""
 
-    def __init__(self, *, port: int | None = None, appendonly: bool = False) -> None:
+    def __init__(
+        self,
+        *,
+        port: int | None = None,
+        appendonly: bool = False,
+        appendfsync: str = "always",
+        maxmemory: str | None = None,
+    ) -> None:
         self.port = port or free_port()
         self.appendonly = appendonly
+        self.appendfsync = appendfsync  # with appendonly: always, everysec or no
+        self.maxmemory = maxmemory  # e.g. "2mb"; None: no limit
         self._dir = tempfile.TemporaryDirectory(prefix="ffe-redis-")
         self._process: subprocess.Popen[bytes] | None = None
 
@@ -80,9 +89,10 @@ class EmbeddedRedis:
             "--appendonly",
             "yes" if self.appendonly else "no",
             "--appendfsync",
-            "always" if self.appendonly else "everysec",
+            self.appendfsync if self.appendonly else "everysec",
             "--maxmemory-policy",
             "noeviction",
+            *(["--maxmemory", self.maxmemory] if self.maxmemory else []),
             "--daemonize",
             "no",
         ]

@@ -451,6 +451,10 @@ def session_body(session_id: str, funnel_id: str | None = None, index: int = 0) 
     if faults.invalid:
         return _invalid_body(session_id)
     session = make_session(session_id, funnel_id=funnel_id, index=index)
+    if faults.big_kib is not None:
+        # An unknown field (consumers keep those) fills the body to the size asked for.
+        room = faults.big_kib * 1024 - len(orjson.dumps(session)) - len(',"padding":""')
+        session["padding"] = "x" * max(0, room)
     return orjson.dumps([session] if "notobject" in faults.shapes else session)
 
 
