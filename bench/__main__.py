@@ -79,6 +79,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="the Redis server (an embedded one is started when none answers)",
     )
     parser.add_argument(
+        "--own-redis",
+        action="store_true",
+        help="start a redis-server of its own even when one answers (a shared machine)",
+    )
+    parser.add_argument(
         "--redis-db", type=int, default=BENCH_DB, help="the database to use and flush"
     )
     parser.add_argument(
@@ -118,8 +123,9 @@ def _live_progress(o: LiveOutcome) -> None:
         f"p99 {live_report.wait(o, 'p99')}; {live_report.verdict(o)}",
         flush=True,
     )
-    if o.stop_reason:
-        print(f"    {o.stop_reason}", flush=True)
+    for line in [o.stop_reason, *o.notes]:
+        if line:
+            print(f"    {line}", flush=True)
     print(
         f"    generator: lag p99 {o.lag_ms.get('p99', 0):.1f} ms, max "
         f"{o.lag_ms.get('max', 0):.1f} ms; CPU {o.generator_cpu_s or 0:.2f} s over {o.ran_s:.1f} s",
@@ -154,7 +160,7 @@ def run(args: argparse.Namespace) -> tuple[list[Outcome], list[LiveOutcome]]:
     log_dir = Path(tempfile.mkdtemp(prefix="ffe-bench-"))
     if (ROOT / ".env").exists():
         print("!! a .env exists in the repository: the worker reads it too", flush=True)
-    bench_redis = BenchRedis(args.redis_url, args.redis_db)
+    bench_redis = BenchRedis(args.redis_url, args.redis_db, own=args.own_redis)
     sim = receiver = None
     outcomes: list[Outcome] = []
     live: list[LiveOutcome] = []

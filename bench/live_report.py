@@ -59,6 +59,11 @@ def _undelivered(o: LiveOutcome) -> str:
     return f"{o.undelivered} (broker empty)"
 
 
+def web_ms_per_event(o: LiveOutcome) -> float | None:
+    """web's CPU per event it answered 202, in milliseconds."""
+    return None if o.web_cpu_s is None or not o.accepted else 1000 * o.web_cpu_s / o.accepted
+
+
 def live_table(live: Sequence[LiveOutcome]) -> str:
     """One row per step."""
     rows = [
@@ -68,7 +73,7 @@ def live_table(live: Sequence[LiveOutcome]) -> str:
         "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
     for o in live:
-        web_ms = None if o.web_cpu_s is None or not o.accepted else 1000 * o.web_cpu_s / o.accepted
+        web_ms = web_ms_per_event(o)
         rows.append(
             f"| {o.latency_ms:g} ms | {o.rate:,.0f}/s | {o.sent:,} ({o.accepted:,}) "
             f"| {_fmt(o.offered_rate)} | {_fmt(o.delivered_rate)} "
@@ -100,7 +105,8 @@ def live_details(live: Sequence[LiveOutcome]) -> str:
         )
         rows.append(
             f"| {o.rate:g}/s @ {o.latency_ms:g} ms | {_fmt(o.load_before, 2)} | {o.planned:,} "
-            f"| {o.ran_s:.1f} | {o.stop_reason or 'ran to the end'} | {o.drain_s:.1f} "
+            f"| {o.ran_s:.1f} | {'; '.join([o.stop_reason or 'ran to the end', *o.notes])} "
+            f"| {o.drain_s:.1f} "
             f"| {statuses} | {o.backlog_at_stop} / {o.backlog_at_end} | {lag} "
             f"| {_fmt(o.generator_cpu_s, 2)}{share}, {o.generator_niceness} "
             f"| {o.generator_max_in_flight} "
@@ -206,12 +212,12 @@ def _cpu_targets(
         )
     worker_ms = step.cpu_ms_per_session(step.worker_cpu_s) if step is not None else None
     if step is not None and worker_ms is not None:
-        web_ms = step.cpu_ms_per_session(step.web_cpu_s) or 0.0
+        web_ms = web_ms_per_event(step) or 0.0
         state = "sustained" if step.sustained else "not sustained"
         lines.append(
             f"- {latency:g} ms: the same, live at {step.rate:g}/s ({state}): worker "
             f"{worker_ms:.2f} ms = {worker_ms / floor.cpu_ms_per_item:.2f}× → "
-            f"{_mark(worker_ms <= limit)}; with web's {web_ms:.2f} ms per session "
+            f"{_mark(worker_ms <= limit)}; with web's {web_ms:.2f} ms per event "
             f"{(worker_ms + web_ms) / floor.cpu_ms_per_item:.2f}×"
         )
     return lines

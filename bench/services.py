@@ -32,8 +32,12 @@ def with_db(url: str, db: int) -> str:
 class BenchRedis:
     """The benchmark's own Redis database, on the server found or an embedded one."""
 
-    def __init__(self, url: str, db: int = BENCH_DB) -> None:
-        server_url, self._embedded = ensure_redis(url)
+    def __init__(self, url: str, db: int = BENCH_DB, *, own: bool = False) -> None:
+        if own:
+            self._embedded: EmbeddedRedis | None = EmbeddedRedis().start()
+            server_url = self._embedded.url
+        else:
+            server_url, self._embedded = ensure_redis(url)
         self.url = with_db(server_url, db)
         self.client = redis.Redis.from_url(self.url)
         if self.client.dbsize() and not self.client.exists(OWNER_KEY):
