@@ -29,8 +29,9 @@ format: $(STAMP)
 demo: $(STAMP)  ## the whole job end to end, against the bundled FunnelFox simulator
 	$(BIN)/python -m workshop.demo
 
-bench: $(STAMP)  ## throughput side by side with Celery's ceiling and the textbook recipe
-	$(BIN)/python -m bench
+# make bench BENCH_QUICK=1 for a short run; BENCH_ARGS for anything else (python -m bench --help).
+bench: $(STAMP)  ## bulk beside the references and the no-broker floor, then the live path at fixed rates
+	$(BIN)/python -m bench $(BENCH_ARGS)
 
 run: $(STAMP)  ## one worker, as the Procfile's worker: line runs it
 	$(BIN)/celery -A worker.app worker --loglevel=INFO --without-gossip --without-mingle
