@@ -65,11 +65,13 @@ class LiveOutcome:
     ran_s: float = 0.0
     drain_s: float = 0.0
     latency_s: dict[str, float] = field(default_factory=dict)  # p50/p95/p99, inf = undelivered
-    undelivered_age_s: float | None = None  # the youngest undelivered event's age at the end
+    # The same percentiles with each undelivered event at its age at the deadline: where a
+    # percentile above is infinite, this is a lower bound for it.
+    latency_bound_s: dict[str, float] = field(default_factory=dict)
     answer_ms: dict[str, float] = field(default_factory=dict)  # web's answer to the POST
     lag_ms: dict[str, float] = field(default_factory=dict)  # the generator's own lateness
     generator_cpu_s: float | None = None
-    generator_niceness: int = 0
+    generator_scheduling: str = ""
     statuses: dict[int, int] = field(default_factory=dict)  # web's answers; 0 = none
     generator_max_in_flight: int = 0
     worker_cpu_s: float | None = None
@@ -308,7 +310,7 @@ def analyse(
             first_delivery[session_id] = min(first_delivery[session_id], at)
         else:
             first_delivery[session_id] = at
-    waits, answers, lags, undelivered_ages = [], [], [], []
+    waits, bounds, answers, lags = [], [], [], []
     for event in events:
         lags.append(event["posted"] - event["due"])
         if event["status"] != 202:
@@ -319,16 +321,17 @@ def analyse(
         delivered_at = first_delivery.get(event["session_id"])
         if delivered_at is None:
             waits.append(math.inf)
-            undelivered_ages.append(end - event["posted"])
+            bounds.append(end - event["posted"])
         else:
             outcome.delivered += 1
             waits.append(delivered_at - event["posted"])
+            bounds.append(waits[-1])
     outcome.latency_s = percentiles(waits, TAIL)
     outcome.answer_ms = {k: 1000 * v for k, v in percentiles(answers, TAIL).items()}
     outcome.lag_ms = {k: 1000 * v for k, v in percentiles(lags, LAG).items()}
-    outcome.undelivered_age_s = min(undelivered_ages) if undelivered_ages else None
+    outcome.latency_bound_s = percentiles(bounds, TAIL)
     outcome.generator_max_in_flight = int(report["max_in_flight"])
-    outcome.generator_niceness = int(report["niceness"])
+    outcome.generator_scheduling = str(report["scheduling"])
     for event in events:
         outcome.statuses[event["status"]] = outcome.statuses.get(event["status"], 0) + 1
     if len(events) > 1:

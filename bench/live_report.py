@@ -26,7 +26,11 @@ def wait(o: LiveOutcome, name: str) -> str:
     if value is None:
         return "—"
     if math.isinf(value):
-        return f"> {o.undelivered_age_s or 0:.0f} s"
+        return "> " + _seconds(o.latency_bound_s.get(name, 0.0))
+    return _seconds(value)
+
+
+def _seconds(value: float) -> str:
     return f"{1000 * value:,.0f} ms" if value < 1 else f"{value:,.1f} s"
 
 
@@ -91,7 +95,7 @@ def live_details(live: Sequence[LiveOutcome]) -> str:
     rows = [
         "| step | load before | planned | ran s | stop | drain s | web's answers (0: none "
         "in 10 s) | backlog at stop / end (queued, unacked) | generator lag p50 / p99 / max ms "
-        "| generator CPU s (share of a core), nice | max in flight "
+        "| generator CPU s (share of a core), scheduling | max in flight "
         "| worker / web / sim+receiver CPU s | duplicates |",
         "|---|---:|---:|---:|---|---:|---|---|---:|---:|---:|---:|---:|",
     ]
@@ -108,7 +112,7 @@ def live_details(live: Sequence[LiveOutcome]) -> str:
             f"| {o.ran_s:.1f} | {'; '.join([o.stop_reason or 'ran to the end', *o.notes])} "
             f"| {o.drain_s:.1f} "
             f"| {statuses} | {o.backlog_at_stop} / {o.backlog_at_end} | {lag} "
-            f"| {_fmt(o.generator_cpu_s, 2)}{share}, {o.generator_niceness} "
+            f"| {_fmt(o.generator_cpu_s, 2)}{share}, {o.generator_scheduling} "
             f"| {o.generator_max_in_flight} "
             f"| {_fmt(o.worker_cpu_s, 2)} / {_fmt(o.web_cpu_s, 2)} / {_fmt(o.servers_cpu_s, 2)} "
             f"| {o.duplicates} |"

@@ -69,7 +69,7 @@ class Report:
     stop_reason: str = ""
     cpu_s: float = 0.0  # while sending and waiting for the answers
     startup_cpu_s: float = 0.0
-    niceness: int = 0
+    scheduling: str = ""
     max_in_flight: int = 0
     connections_opened: int = 0
     failed_connects: int = 0
@@ -231,24 +231,39 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--min-run-s", type=float, default=5.0)
     parser.add_argument("--max-lag-s", type=float, default=1.0)
     parser.add_argument("--check-every-s", type=float, default=0.25)
-    parser.add_argument("--niceness", type=int, default=NICENESS, help="asked for, if allowed")
+    parser.add_argument(
+        "--scheduling", choices=("fifo", "nice"), default="fifo", help="asked for, if allowed"
+    )
+    parser.add_argument("--niceness", type=int, default=NICENESS, help="without fifo")
     return parser
 
 
-def raise_priority(niceness: int) -> int:
-    """Ask the scheduler to favour this process; the niceness it runs at."""
+def raise_priority(policy: str, niceness: int) -> str:
+    """Ask the scheduler to favour this process; how it is scheduled, as a few words.
+
+    ``fifo``: the lowest real-time priority, so a timer that fires finds a core at once
+    instead of queueing behind the processes measured. The generator sleeps between
+    events (about 15 % of a core at 1,000 events/s), and the kernel caps real-time tasks
+    at sched_rt_runtime_us anyway. Falls back to ``niceness``, then to nothing.
+    """
+    if policy == "fifo":
+        try:
+            os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(1))
+            return "SCHED_FIFO 1"
+        except (OSError, AttributeError):
+            pass
     with contextlib.suppress(OSError):
         os.setpriority(os.PRIO_PROCESS, 0, niceness)
-    return os.getpriority(os.PRIO_PROCESS, 0)
+    return f"nice {os.getpriority(os.PRIO_PROCESS, 0)}"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run one step and write its report."""
     args = build_parser().parse_args(argv)
-    niceness = raise_priority(args.niceness)
+    scheduling = raise_priority(args.scheduling, args.niceness)
     with asyncio.Runner(loop_factory=new_event_loop) as runner:
         report = runner.run(Generator(args).run())
-    report.niceness = niceness
+    report.scheduling = scheduling
     document: dict[str, Any] = asdict(report)
     args.out.write_bytes(orjson.dumps(document))
     print(

@@ -61,17 +61,20 @@ METHOD = """\
 - **live**: per upstream latency and rate, a flushed database, the Procfile's `web:` line (through
   `sh -c`, on a free `$PORT`) and `worker:` line with the same five variables, 40 warm-up events
   delivered and forgotten, then `python -m bench.loadgen` in a process of its own: an open-loop
-  generator (one timer callback posts whatever is due over keep-alive connections, see
-  `bench/rawhttp.py`) sending `onboarding.completed` events with distinct event and session ids,
-  `Fox-Secret-Key` set. POST → delivered is the receiver's arrival time of the session's first
-  accepted delivery minus the generator's POST time (both `time.monotonic()`). Percentiles are
-  nearest-rank over every event answered 202; one not delivered by the deadline counts as
-  infinitely late, shown as "> its age". The step stops early once more than 1 % of its
-  planned events were posted over 1 s ago and are still undelivered (p99 > 1 s is then
-  certain), after at least 5 s; the deadline is 10 s after the last POST (2 s for a stopped
-  step). **Sustained**: ran its whole duration, nothing refused, nothing lost, p99 ≤ 1 s, and
-  the generator on time (its p99 lag ≤ 25 ms). **Lost** is only counted when the broker is
-  empty at the deadline; otherwise the undelivered events are still queued ("?").
+  generator (one timer callback posts whatever is due over up to 512 keep-alive connections,
+  see `bench/rawhttp.py`; SCHED_FIFO when allowed, else nice -10) sending `onboarding.completed`
+  events with distinct event and session ids, `Fox-Secret-Key` set. POST → delivered is the
+  receiver's arrival time of the session's first accepted delivery minus the generator's POST
+  time (both `time.monotonic()`). Percentiles are nearest-rank over every event answered 202;
+  one not delivered by the deadline counts as infinitely late, and such a percentile is shown
+  as "> x", x being the same percentile with each undelivered event at its age at the deadline
+  (a lower bound). An event with no answer within 10 s counts as refused. A step stops early
+  once more than 1 % of its planned events were posted over 1 s ago and are still undelivered
+  (p99 > 1 s is then certain), after at least 5 s; the deadline is 10 s after the last POST
+  (2 s for a stopped step). **Sustained**: ran its whole duration, nothing refused, nothing
+  lost, p99 ≤ 1 s, and the generator on time (its p99 lag ≤ 25 ms). **Lost** is only counted
+  when the broker is empty at the deadline; otherwise the undelivered events are still queued
+  ("?").
   Worker CPU per session is the worker tree's CPU from the first POST to the deadline over the
   sessions delivered; web's is per event answered 202."""
 
