@@ -68,7 +68,8 @@ METHOD = """\
   time (both `time.monotonic()`). Percentiles are nearest-rank over every event answered 202;
   one not delivered by the deadline counts as infinitely late, and such a percentile is shown
   as "> x", x being the same percentile with each undelivered event at its age at the deadline
-  (a lower bound). An event with no answer within 10 s counts as refused. A step stops early
+  (a lower bound). An event with no answer within 10 s counts as refused (web may still queue
+  it later, so a backlog can outnumber the undelivered events). A step stops early
   once more than 1 % of its planned events were posted over 1 s ago and are still undelivered
   (p99 > 1 s is then certain), after at least 5 s; the deadline is 10 s after the last POST
   (2 s for a stopped step). **Sustained**: ran its whole duration, nothing refused, nothing
