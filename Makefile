@@ -32,8 +32,9 @@ format: $(STAMP)
 demo: $(STAMP)  ## the whole job end to end, against the bundled FunnelFox simulator
 	$(BIN)/python -m workshop.demo
 
-bench: $(STAMP)  ## throughput side by side with Celery's ceiling and the textbook recipe
-	$(BIN)/python -m bench
+# make bench BENCH_QUICK=1 for a short run; BENCH_ARGS for anything else (python -m bench --help).
+bench: $(STAMP)  ## bulk beside the references and the no-broker floor, then the live path at fixed rates
+	$(BIN)/python -m bench $(BENCH_ARGS)
 
 dashboard-image: $(STAMP)  ## docs/dashboard.png: the Grafana dashboard's panels, drawn from a real run
 	$(BIN)/python -m deploy.render_dashboard

@@ -100,12 +100,12 @@ def _run_worker(
         harness_cpu, servers_cpu = cpu_seconds([os.getpid()]), bench.servers_cpu_s()
         if not done(child.started_at + bench.timeout_s, child):
             state = "exited" if not child.alive() else f"timed out after {bench.timeout_s:g} s"
-            queued, unacked = _broker_backlog(bench.redis.client)
+            queued, unacked = broker_backlog(bench.redis.client)
             outcome.problems.append(
                 f"worker {state} before the work was done, leaving {queued} message(s) "
                 f"queued and {unacked} unacknowledged"
             )
-        elif not wait_until(lambda: _broker_idle(bench.redis.client), SETTLE_TIMEOUT_S):
+        elif not wait_until(lambda: broker_idle(bench.redis.client), SETTLE_TIMEOUT_S):
             outcome.problems.append("messages still queued or unacknowledged when stopped")
         at_end = monitor.cpu_by_process()
         outcome.cpu_s = sum(at_end.values()) - outcome.startup_cpu_s
@@ -128,19 +128,19 @@ def _run_worker(
             outcome.problems.append(f"worker exited with status {status} on SIGTERM")
 
 
-def _broker_backlog(client: redis.Redis) -> tuple[int, int]:
+def broker_backlog(client: redis.Redis) -> tuple[int, int]:
     """Messages queued (in any list) and messages delivered but not yet acknowledged."""
     # The benchmark's database holds only its own keys, so every list is a queue.
     queued = sum(int(client.llen(key)) for key in client.scan_iter(_type="list", count=1000))
     return queued, int(client.hlen(UNACKED_KEY))
 
 
-def _broker_idle(client: redis.Redis) -> bool:
+def broker_idle(client: redis.Redis) -> bool:
     """No message queued and none waiting for its acknowledgement."""
-    return _broker_backlog(client) == (0, 0)
+    return broker_backlog(client) == (0, 0)
 
 
-def _until_delivered(receiver: Receiver, n: int) -> Waiter:
+def until_delivered(receiver: Receiver, n: int) -> Waiter:
     def wait(deadline: float, child: Child) -> bool:
         while (remaining := deadline - time.monotonic()) > 0:
             if receiver.wait_distinct(n, min(1.0, remaining)) >= n:
@@ -172,7 +172,7 @@ def run_ours(bench: Bench, latency_ms: float) -> Outcome:
         return outcome
     started = time.monotonic()
     command = local_command(procfile_command("worker"))
-    _run_worker(bench, outcome, "ours", command, env, _until_delivered(bench.receiver, bench.n))
+    _run_worker(bench, outcome, "ours", command, env, until_delivered(bench.receiver, bench.n))
     analyse_deliveries(
         outcome,
         ids,
@@ -183,6 +183,25 @@ def run_ours(bench: Bench, latency_ms: float) -> Outcome:
     outcome.dead_letters = int(bench.redis.client.hlen(RECORDS_KEY))
     if outcome.dead_letters:
         outcome.problems.append(f"{outcome.dead_letters} dead letter(s) in {RECORDS_KEY}")
+    return outcome
+
+
+def run_floor(bench: Bench, latency_ms: float) -> Outcome:
+    """``python -m bench.floor``: the same work per session, one asyncio process per core."""
+    outcome = Outcome("floor", latency_ms, bench.n)
+    bench.prepare(latency_ms)
+    ids = bench.ids()
+    command = [sys.executable, "-m", "bench.floor", "--sessions", str(bench.n)]
+    started = time.monotonic()
+    waiter = until_delivered(bench.receiver, bench.n)
+    _run_worker(bench, outcome, "floor", command, bench.worker_env(), waiter)
+    analyse_deliveries(
+        outcome,
+        ids,
+        bench.sim.requests(),
+        bench.receiver.attempts(),
+        (started, time.monotonic()),
+    )
     return outcome
 
 
@@ -209,7 +228,7 @@ def run_textbook(bench: Bench, latency_ms: float) -> Outcome:
     started = time.monotonic()
     pool = ["--pool", "threads", "-c", str(textbook.CONCURRENCY)]
     command = local_command(["celery", "-A", "bench.textbook", "worker", *pool, *CELERY_FLAGS])
-    waiter = _until_delivered(bench.receiver, bench.n)
+    waiter = until_delivered(bench.receiver, bench.n)
     _run_worker(bench, outcome, "textbook", command, bench.worker_env(), waiter)
     analyse_deliveries(
         outcome,

@@ -11,11 +11,26 @@ from importlib import metadata
 from pathlib import Path
 
 from bench.harness import ROOT
+from bench.live import LiveOutcome
+from bench.live_report import floor_ratios, live_details, live_problems, live_table, live_targets
 from bench.measure import Outcome
 
 RESULTS_PATH = Path(__file__).resolve().parent / "RESULTS.md"
 RSS_TARGET_MIB = 300
-_VERSIONS = ("celery", "kombu", "redis", "httpx", "httpx-aiohttp", "aiohttp", "uvloop", "psutil")
+_VERSIONS = (
+    "celery",
+    "kombu",
+    "redis",
+    "httpx",
+    "httpx-aiohttp",
+    "aiohttp",
+    "uvloop",
+    "uvicorn",
+    "starlette",
+    "pydantic",
+    "orjson",
+    "psutil",
+)
 
 METHOD = """\
 - **ours**: ids queued with `python -m worker enqueue -` while no worker runs, then the Procfile's
@@ -25,6 +40,10 @@ METHOD = """\
   Standard Webhooks-signed POST), acks_late, `--pool threads -c 32`.
 - **no-op**: `bench/noop.py`, a task that does nothing (acks_late, prefetch 1, task events on, no
   result backend), prefork ×2 and threads ×32.
+- **floor**: `bench/floor.py`, no broker: one asyncio (uvloop) + aiohttp process per core, 100
+  sessions in flight each, doing the worker's own per-session work with the project's functions
+  (GET, `parse_session`, `enrich`, `build_payload`, `WebhookSink.headers`, POST); no delivery
+  record, no retry. Measured like ours (from its ` ready.` line, CPU of its process tree).
 - Every worker runs with the Procfile's flags (`--loglevel=INFO --without-gossip
   --without-mingle`). The two references drop Celery's log line per task received and done, and
   httpx's per request (ours drops httpx's itself): logging them cost the textbook recipe about
@@ -38,7 +57,27 @@ METHOD = """\
   sampled every 50 ms (pages a prefork parent shares with its children counted once per
   process: an upper bound); peak PSS, sampled every 250 ms, splits shared pages between them.
 - Same Redis (its own database, flushed before each run), simulator and receiver for every run;
-  all three share the machine's cores with the worker measured."""
+  all three share the machine's cores with the worker measured.
+- **live**: per upstream latency and rate, a flushed database, the Procfile's `web:` line (through
+  `sh -c`, on a free `$PORT`) and `worker:` line with the same five variables, 40 warm-up events
+  delivered and forgotten, then `python -m bench.loadgen` in a process of its own: an open-loop
+  generator (one timer callback posts whatever is due over up to 512 keep-alive connections,
+  see `bench/rawhttp.py`; SCHED_FIFO when allowed, else nice -10) sending `onboarding.completed`
+  events with distinct event and session ids, `Fox-Secret-Key` set. POST → delivered is the
+  receiver's arrival time of the session's first accepted delivery minus the generator's POST
+  time (both `time.monotonic()`). Percentiles are nearest-rank over every event answered 202;
+  one not delivered by the deadline counts as infinitely late, and such a percentile is shown
+  as "> x", x being the same percentile with each undelivered event at its age at the deadline
+  (a lower bound). An event with no answer within 10 s counts as refused (web may still queue
+  it later, so a backlog can outnumber the undelivered events). A step stops early
+  once more than 1 % of its planned events were posted over 1 s ago and are still undelivered
+  (p99 > 1 s is then certain), after at least 5 s; the deadline is 10 s after the last POST
+  (2 s for a stopped step). **Sustained**: ran its whole duration, nothing refused, nothing
+  lost, p99 ≤ 1 s, and the generator on time (its p99 lag ≤ 25 ms). **Lost** is only counted
+  when the broker is empty at the deadline; otherwise the undelivered events are still queued
+  ("?").
+  Worker CPU per session is the worker tree's CPU from the first POST to the deadline over the
+  sessions delivered; web's is per event answered 202."""
 
 
 def _fmt(value: float | None, digits: int = 0) -> str:
@@ -185,7 +224,9 @@ def _git_commit() -> str:
     return head.stdout.strip() + (" (with uncommitted changes)" if dirty.stdout.strip() else "")
 
 
-def machine(n: int, redis_version: str, redis_embedded: bool) -> list[str]:
+def machine(
+    n: int, redis_version: str, redis_embedded: bool, settings: Sequence[str] = ()
+) -> list[str]:
     """What the figures were measured on."""
     versions = []
     for package in _VERSIONS:
@@ -205,20 +246,30 @@ def machine(n: int, redis_version: str, redis_embedded: bool) -> list[str]:
         f"- Redis {redis_version}"
         + (" (embedded, started by the benchmark)" if redis_embedded else ""),
         f"- N = {n} sessions (or tasks) per run",
+        *settings,
     ]
 
 
-def markdown(outcomes: Sequence[Outcome], machine_lines: Sequence[str]) -> str:
+def markdown(
+    outcomes: Sequence[Outcome], machine_lines: Sequence[str], live: Sequence[LiveOutcome] = ()
+) -> str:
     """The whole results file."""
+    every_ratio = [*ratios(outcomes), *floor_ratios(outcomes)]
+    every_problem = [*problems(outcomes), *live_problems(live)]
     sections = [
         "# Benchmark results (`make bench`)",
         "Written by `python -m bench` on every run; the latest run only.",
         "## Machine\n" + "\n".join(machine_lines),
-        "## Results\n" + table(outcomes),
-        "## Ratios\n" + ("\n".join(ratios(outcomes)) or "- (ours was not run)"),
+        "## Bulk: N ids queued in advance\n" + table(outcomes),
+        "## Ratios\n" + ("\n".join(every_ratio) or "- (ours was not run)"),
+        "## Live: events POSTed to web at fixed rates\n"
+        + (live_table(live) if live else "- (not run)"),
         "## Targets (issue 6)\n" + ("\n".join(targets(outcomes)) or "- (not all contestants run)"),
-        "## Problems\n" + ("\n".join(problems(outcomes)) or "- none"),
-        "## Per run\n" + details(outcomes),
+        "## Targets (live path)\n"
+        + ("\n".join(live_targets(outcomes, live)) or "- (not all contestants run)"),
+        "## Problems\n" + ("\n".join(every_problem) or "- none"),
+        "## Per run (bulk)\n" + details(outcomes),
+        "## Per step (live)\n" + (live_details(live) if live else "- (not run)"),
         "## Method\n" + METHOD,
     ]
     return "\n\n".join(sections) + "\n"
