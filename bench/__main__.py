@@ -29,7 +29,7 @@ from bench.measure import Outcome
 from bench.services import BENCH_DB, BenchRedis, Receiver, Simulator, funnelfox_secret
 from bench.services import webhook_secret as new_webhook_secret
 
-CONTESTANTS = ("ours", "floor", "textbook", "noop", "live")
+CONTESTANTS = ("ours", "ledger", "floor", "textbook", "noop", "live")
 Run = Callable[[contestants.Bench, float], Outcome]
 SESSIONS = 20_000
 QUICK_SESSIONS = 2_000
@@ -233,6 +233,8 @@ def _runs(chosen: set[str], *, noop_threads: bool) -> list[Run]:
     runs: list[Run] = []
     if "ours" in chosen:
         runs.append(contestants.run_ours)
+    if "ledger" in chosen:  # the same worker without the ledger: what the ledger costs
+        runs.append(partial(contestants.run_ours, ledger=False))
     if "floor" in chosen:
         runs.append(contestants.run_floor)
     if "textbook" in chosen:

@@ -152,11 +152,17 @@ def until_delivered(receiver: Receiver, n: int) -> Waiter:
     return wait
 
 
-def run_ours(bench: Bench, latency_ms: float) -> Outcome:
-    """The Procfile's worker, with ids queued by the project's own CLI while it is stopped."""
-    outcome = Outcome("ours", latency_ms, bench.n)
+def run_ours(bench: Bench, latency_ms: float, *, ledger: bool = True) -> Outcome:
+    """The Procfile's worker, with ids queued by the project's own CLI while it is stopped.
+
+    ``ledger=False`` is the same worker with LEDGER_ENABLED=false: what the ledger costs.
+    """
+    name = "ours" if ledger else "ours, no ledger"
+    outcome = Outcome(name, latency_ms, bench.n)
     bench.prepare(latency_ms)
     env, ids = bench.worker_env(), bench.ids()
+    if not ledger:
+        env["LEDGER_ENABLED"] = "false"
     queued = subprocess.run(
         [sys.executable, "-m", "worker", "enqueue", "-"],
         input="\n".join(ids) + "\n",
@@ -172,7 +178,7 @@ def run_ours(bench: Bench, latency_ms: float) -> Outcome:
         return outcome
     started = time.monotonic()
     command = local_command(procfile_command("worker"))
-    _run_worker(bench, outcome, "ours", command, env, until_delivered(bench.receiver, bench.n))
+    _run_worker(bench, outcome, name, command, env, until_delivered(bench.receiver, bench.n))
     analyse_deliveries(
         outcome,
         ids,

@@ -289,7 +289,7 @@ class LiveStep:
         outcome.generator_cpu_s = float(report["cpu_s"])
 
 
-def analyse(
+def analyse(  # noqa: C901 - one verdict from a step's many figures, read in order
     outcome: LiveOutcome,
     report: Mapping[str, Any],
     attempts: Sequence[Mapping[str, Any]],

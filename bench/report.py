@@ -127,6 +127,13 @@ def ratios(outcomes: Sequence[Outcome]) -> list[str]:
         for o in outcomes:
             if o.latency_ms == latency and o.contestant.startswith("no-op"):
                 parts.append(f"ours/{o.contestant} {_fmt(_ratio(ours.rate, o.rate), 2)}×")
+        bare = _find(outcomes, "ours, no ledger", latency)
+        if bare is not None:
+            cost = _ratio(ours.rate, bare.rate)
+            cpu = _ratio(ours.cpu_ms_per_item, bare.cpu_ms_per_item)
+            parts.append(
+                f"ledger on/off {_fmt(cost, 2)}× sessions/s, {_fmt(cpu, 2)}× CPU per session"
+            )
         if parts:
             lines.append(f"- {latency:g} ms: " + "; ".join(parts))
     return lines
