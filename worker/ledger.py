@@ -189,6 +189,24 @@ end
 return {old or '', st, redis.call('hget', h, 'a')}
 """
 
+# _UPDATE for many units in one call: per unit, ARGV[1] keys and ARGV[2] arguments, in order.
+# One script call a batch instead of one per session.
+_UPDATE_MANY = (
+    "local function update(KEYS, ARGV)\n"
+    + _UPDATE
+    + """
+end
+local nk, na, out = tonumber(ARGV[1]), tonumber(ARGV[2]), {}
+for i = 0, #KEYS / nk - 1 do
+    local keys, args = {}, {}
+    for j = 1, nk do keys[j] = KEYS[i * nk + j] end
+    for j = 1, na do args[j] = ARGV[2 + i * na + j] end
+    out[i + 1] = update(keys, args)
+end
+return out
+"""
+)
+
 
 def _keys(unit_id: str, session_of: str | None = None) -> list[str]:
     """The scripts' keys; the sixth lists the conversions of ``session_of`` (a conversion's
@@ -305,7 +323,7 @@ class Ledger:
     def __init__(self, client: aioredis.Redis, *, ttl_s: int) -> None:
         self._redis = client
         self._ttl_s = ttl_s
-        self._update = client.register_script(_UPDATE)
+        self._update_many = client.register_script(_UPDATE_MANY)
         self._accept = client.register_script(_ACCEPT)
 
     async def accept(self, items: Sequence[Acceptance], source: str) -> list[str]:
@@ -327,16 +345,20 @@ class Ledger:
             return []
         now = time.time()
         stages = {event.work.session_id: event.stage for event in events}
+        keys: list[str] = []
+        args: list[str | float | int] = []
+        for event in events:
+            keys += _keys(event.work.session_id)
+            args += self._args(event, now)
         async with self._redis.pipeline(transaction=False) as pipe:
-            for event in events:
-                await self._update(
-                    _keys(event.work.session_id), self._args(event, now), client=pipe
-                )
+            if events:
+                per_unit = [len(keys) // len(events), len(args) // len(events)]
+                await self._update_many(keys, [*per_unit, *args], client=pipe)
             for work, delay_s in retries:
                 member = due_member(_retry_stage(stages.get(work.session_id)), work.session_id)
                 pipe.zadd(DUE, {member: now + delay_s})
                 pipe.hset(DUE_WORK, member, orjson.dumps(work.to_message()))
-            replies = (await pipe.execute())[: len(events)]
+            replies = (await pipe.execute())[0] if events else []
         return [
             Recorded(_text(before), _text(after), float(accepted or now))
             for before, after, accepted in replies
