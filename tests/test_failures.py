@@ -244,6 +244,8 @@ def test_duplicates_are_delivered_once_and_a_replay_delivers_again(
 ) -> None:
     enqueue(fault_env, ["ses_dup", "ses_dup", "ses_gone1-h410x1"])
     assert receiver.wait_for(1, timeout=30, distinct=True)
+    # Both sinks have it (the stream's delivery is its own task) before the next copy comes.
+    assert wait_until(lambda: redis_client.exists("ffe:delivered:stream:ses_dup") == 1, 30)
     enqueue(fault_env, ["ses_dup"])  # FunnelFox sends events more than once
     assert wait_until(
         lambda: redis_client.hexists("ffe:dlq", "deliver:webhook|ses_gone1-h410x1"), 30
