@@ -3,9 +3,10 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
-# Branch coverage of worker/ and config/ measured in the test process (make test); raise it as
+# Branch coverage of worker/ and config/ measured in the test process (make test): 77 % on
+# 2026-12-02; the floor sits one point under it for timing-dependent branches. Raise it as
 # it rises, never lower it to pass.
-COVERAGE_FLOOR ?= 0
+COVERAGE_FLOOR ?= 76
 
 .PHONY: install test lint format demo bench bench-fsync bench-memory run dashboard-image
 
