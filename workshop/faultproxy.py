@@ -103,6 +103,7 @@ class FaultProxy:
         self._lock = threading.Lock()
         self._request_cuts = 0
         self._reply_cuts = 0
+        self._links: set[_Link] = set()
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stopping: asyncio.Event | None = None
@@ -153,10 +154,14 @@ class FaultProxy:
                 socket.IPPROTO_TCP, socket.TCP_NODELAY, 1
             )
         link = _Link(writer, upstream_writer)
-        await asyncio.gather(
-            self._pump(reader, upstream_writer, link, "request"),
-            self._pump(upstream_reader, writer, link, "reply"),
-        )
+        self._links.add(link)
+        try:
+            await asyncio.gather(
+                self._pump(reader, upstream_writer, link, "request"),
+                self._pump(upstream_reader, writer, link, "reply"),
+            )
+        finally:
+            self._links.discard(link)
 
     async def _pump(
         self,
@@ -187,6 +192,23 @@ class FaultProxy:
                 self._request_cuts += 1
             else:
                 self._reply_cuts += 1
+
+    def sever_all(self, timeout_s: float = 5.0) -> int:
+        """Close every open connection at once (as a network blip would); how many.
+
+        For a proxy started with ``start()``; these are not counted as cuts.
+        """
+        loop = self._loop
+        if loop is None:
+            return 0
+
+        async def sever() -> int:
+            links = list(self._links)
+            for link in links:
+                link.close()
+            return len(links)
+
+        return asyncio.run_coroutine_threadsafe(sever(), loop).result(timeout_s)
 
     # -- in a thread -------------------------------------------------------------------------
 

@@ -98,6 +98,19 @@ def test_every_chunk_cut_at_rate_one(proxy: FaultProxy, redis_client: redis.Redi
     client.close()
 
 
+def test_sever_all_closes_every_open_connection(proxy: FaultProxy) -> None:
+    socks = [socket.create_connection(("127.0.0.1", proxy.port), timeout=5) for _ in range(3)]
+    for sock in socks:
+        sock.sendall(b"PING\r\n")
+        assert sock.recv(64) == b"+PONG\r\n"
+    assert proxy.sever_all() == 3
+    for sock in socks:
+        assert sock.recv(64) == b""  # closed by the proxy
+        sock.close()
+    assert proxy.cuts.total == 0
+    assert incr_once(proxy.port)  # new connections go through
+
+
 def test_an_upstream_that_is_down_closes_the_client() -> None:
     with FaultProxy(free_port()) as proxy:
         client = redis.Redis(port=proxy.port, retry=Retry(NoBackoff(), 0), socket_timeout=5)
