@@ -98,6 +98,11 @@ class FaultProxy:
         self.host = require_loopback(host)
         self.port = port
         self.cut_rate = cut_rate
+        # Every request chunk holding these bytes is cut just before them (a targeted fault,
+        # e.g. b"ZREM" for kombu's acknowledgements); None: only random cuts. A cut that always
+        # fires can keep a client retrying: redis-py retries a WATCH/MULTI transaction whose
+        # connection died for as long as it dies.
+        self.cut_requests_containing: bytes | None = None
         self.connections = 0
         self._random = random.Random(seed)  # fault injection, not cryptography
         self._lock = threading.Lock()
@@ -175,8 +180,9 @@ class FaultProxy:
                 chunk = await source.read(CHUNK_BYTES)
                 if not chunk:
                     break
-                if self._cut_rate and self._random.random() < self._cut_rate:
-                    sink.write(chunk[: self._random.randrange(len(chunk))])
+                keep = self._cut_at(chunk, kind)
+                if keep is not None:
+                    sink.write(chunk[:keep])
                     self._count(kind)
                     break
                 sink.write(chunk)
@@ -185,6 +191,15 @@ class FaultProxy:
             pass
         finally:
             link.close()
+
+    def _cut_at(self, chunk: bytes, kind: str) -> int | None:
+        """How much of ``chunk`` goes through before its connection is cut; None: all of it."""
+        target = self.cut_requests_containing
+        if target is not None and kind == "request" and target in chunk:
+            return chunk.index(target)
+        if self._cut_rate and self._random.random() < self._cut_rate:
+            return self._random.randrange(len(chunk))
+        return None
 
     def _count(self, kind: str) -> None:
         with self._lock:

@@ -98,6 +98,20 @@ def test_every_chunk_cut_at_rate_one(proxy: FaultProxy, redis_client: redis.Redi
     client.close()
 
 
+def test_requests_holding_a_pattern_are_cut_before_it(
+    proxy: FaultProxy, redis_client: redis.Redis
+) -> None:
+    proxy.cut_requests_containing = b"INCR"
+    assert not incr_once(proxy.port)
+    assert proxy.cuts.request == 1
+    assert redis_client.get("fp:count") is None
+    client = through(proxy)
+    assert client.set("fp:other", 1)  # other commands go through
+    proxy.cut_requests_containing = None
+    assert incr_once(proxy.port)
+    client.close()
+
+
 def test_sever_all_closes_every_open_connection(proxy: FaultProxy) -> None:
     socks = [socket.create_connection(("127.0.0.1", proxy.port), timeout=5) for _ in range(3)]
     for sock in socks:
