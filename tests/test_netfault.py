@@ -30,3 +30,38 @@ def test_a_worker_keeps_consuming_after_its_connections_are_cut(
                 assert receiver.wait_for(3 * (round_ + 1), timeout=45, distinct=True), worker.output
         finally:
             worker.stop()
+
+
+def test_a_worker_whose_acknowledgements_fail_keeps_consuming(
+    worker_env: dict[str, str], redis_url: str, receiver: WebhookReceiver
+) -> None:
+    """Every ack cut on its way to Redis: the worker goes on taking messages (each comes back
+    after the visibility timeout, and is not delivered again)."""
+    parts = urlsplit(redis_url)
+    with FaultProxy(parts.port or 6379) as proxy:
+        env = {
+            **worker_env,
+            "REDIS_URL": proxy.url(int(parts.path.lstrip("/") or 0)),
+            # Nothing is swept back or rejected while acks fail: a restore is a WATCH/MULTI
+            # transaction with a ZREM too, and redis-py retries a transaction whose
+            # connection dies forever, so a restore would spin until the cuts stop.
+            "VISIBILITY_TIMEOUT_S": "90",
+            "TASK_TIME_LIMIT_S": "60",
+            "RECONCILE_AFTER_S": "120",
+        }
+        worker = start_worker(env)
+        try:
+            proxy.cut_requests_containing = b"ZREM"  # kombu's ack: MULTI ZREM HDEL EXEC
+            ids = [f"ses_noack{n}" for n in range(6)]
+            enqueued = run_cli(
+                ["enqueue", "-"], {**worker_env, "WORKER_BATCH_SIZE": "1"}, stdin="\n".join(ids)
+            )
+            assert enqueued.returncode == 0, enqueued.stderr
+            # Two pool processes, so two prefetch slots: unguarded, two failed acks stopped it.
+            assert receiver.wait_for(len(ids), timeout=60, distinct=True), worker.output
+            assert proxy.cuts.request >= 2
+            assert "Couldn't ack" in worker.output
+        finally:
+            proxy.cut_requests_containing = None
+            worker.stop()
+    assert sorted({d.session_id for d in receiver.deliveries()}) == ids
