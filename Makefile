@@ -6,8 +6,11 @@ STAMP := $(VENV)/.installed-stamp
 # Branch coverage of worker/ and config/ measured in the test process (make test); raise it as
 # it rises, never lower it to pass.
 COVERAGE_FLOOR ?= 0
+# make chaos: how many runs of each scenario (tests/chaos.py).
+CHAOS_RUNS ?= 20
+NETFAULT_RUNS ?= 5
 
-.PHONY: install test lint format demo bench run
+.PHONY: install test lint format demo bench chaos run
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -34,6 +37,9 @@ demo: $(STAMP)  ## the whole job end to end, against the bundled FunnelFox simul
 
 bench: $(STAMP)  ## throughput side by side with Celery's ceiling and the textbook recipe
 	$(BIN)/python -m bench
+
+chaos: $(STAMP)  ## workers and Redis SIGKILLed while consuming, then cut connections: each run and the tally
+	$(BIN)/python -m tests.chaos --chaos $(CHAOS_RUNS) --netfault $(NETFAULT_RUNS)
 
 run: $(STAMP)  ## one worker, as the Procfile's worker: line runs it
 	$(BIN)/celery -A worker.app worker --loglevel=INFO --without-gossip --without-mingle

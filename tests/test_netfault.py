@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import random
 from urllib.parse import urlsplit
 
 import pytest
 
+from tests.chaos import Services, run_netfault
 from tests.processes import run_cli, start_worker
 from workshop.faultproxy import FaultProxy
+from workshop.funnelfox import FunnelFoxSimulator
 from workshop.receiver import WebhookReceiver
+from workshop.redis_server import EmbeddedRedis
 
 pytestmark = pytest.mark.integration
 
@@ -65,3 +69,21 @@ def test_a_worker_whose_acknowledgements_fail_keeps_consuming(
             proxy.cut_requests_containing = None
             worker.stop()
     assert sorted({d.session_id for d in receiver.deliveries()}) == ids
+
+
+def test_network_faults_between_the_fleet_and_redis(
+    simulator: FunnelFoxSimulator, receiver: WebhookReceiver, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Workers and the web ingress through a proxy that cuts a few hundred connections: every
+    accepted event ends delivered to each destination or dead-lettered with its reason."""
+    with EmbeddedRedis() as server:
+        found = run_netfault(
+            1, Services(server, simulator, receiver), random.Random(), min_cuts=200
+        )
+    with capsys.disabled():
+        print("\n" + found.line())
+    assert found.ok, found.report()
+    assert found.cuts is not None
+    assert found.cuts.total >= 200
+    assert found.cuts.request > 0
+    assert found.cuts.reply > 0
