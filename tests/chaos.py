@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import random
+import re
 import sys
 import threading
 import time
@@ -159,6 +160,8 @@ class Findings:
     # delivery went through, its record was never written (the one repeat the design allows).
     receipts_at_kill: int = 0
     entries_at_kill: int = 0
+    # Each repeated webhook receipt's session and what the workers' logs say of it.
+    repeated: dict[str, str] = field(default_factory=dict)
     kills: Counter[str] = field(default_factory=Counter)
     kill_times: list[tuple[float, float]] = field(default_factory=list)  # (monotonic, wall)
     cuts: Cuts | None = None
@@ -171,6 +174,11 @@ class Findings:
     def ok(self) -> bool:
         """Nothing lost, nothing wrong."""
         return not self.problems
+
+    @property
+    def lost(self) -> int:
+        """Accepted sessions some destination never got though it should have."""
+        return len({p.split(":", 1)[0] for p in self.problems if ": LOST," in p})
 
     def line(self) -> str:
         """The run in one line."""
@@ -191,15 +199,17 @@ class Findings:
         if self.answers:
             parts.append("ingress " + " ".join(f"{k}×{v}" for k, v in sorted(self.answers.items())))
         parts.append(f"{self.seconds:.0f} s")
-        parts.append("OK" if self.ok else f"{len(self.problems)} PROBLEM(S)")
+        parts.append("OK" if self.ok else f"LOST {self.lost}, {len(self.problems)} PROBLEM(S)")
         return " | ".join(parts)
 
     def _at_kill(self, count: int) -> str:
         return f" ({count} at a kill)" if self.kills else ""
 
     def report(self) -> str:
-        """The line, then every problem."""
-        return "\n".join([self.line(), *(f"    {problem}" for problem in self.problems)])
+        """The line, every repeated receipt, then every problem."""
+        repeated = [f"    repeated receipt: {sid} ({why})" for sid, why in self.repeated.items()]
+        problems = [f"    {problem}" for problem in self.problems]
+        return "\n".join([self.line(), *repeated, *problems])
 
 
 @dataclass(frozen=True)
@@ -209,13 +219,14 @@ class Services:
     redis: EmbeddedRedis
     simulator: FunnelFoxSimulator
     receiver: WebhookReceiver
+    overrides: dict[str, str] = field(default_factory=dict)  # e.g. a control run's settings
 
     def env(self, redis_url: str) -> dict[str, str]:
         """The fleet's environment, reaching Redis at ``redis_url``."""
         base = fleet_env(
             redis_url, self.simulator.base_url, self.receiver.url, self.simulator.secret
         )
-        return {**base, **TIMINGS, "OUTPUT_STREAM": STREAM}
+        return {**base, **TIMINGS, "OUTPUT_STREAM": STREAM, **self.overrides}
 
 
 def now() -> tuple[float, float]:
@@ -393,6 +404,9 @@ def judge(
     monotonic_kills = [at for at, _ in findings.kill_times]
     wall_kills = [at for _, at in findings.kill_times]
     findings.duplicate_receipts, findings.receipts_at_kill = repeats(received_at, monotonic_kills)
+    findings.repeated = {
+        sid: why_repeated(sid, findings.logs) for sid, ids in receipts.items() if len(ids) > 1
+    }
     findings.duplicate_entries, findings.entries_at_kill = repeats(added_at, wall_kills)
     got = {"webhook": Counter({k: len(v) for k, v in receipts.items()}), "stream": entries}
     for session_id in sorted(accepted):
@@ -406,6 +420,22 @@ def judge(
 
 
 REPEAT_WINDOW_S = 2.0
+_RETRY_LINE = re.compile(
+    r"will retry session_id=(\S+) stage=deliver:webhook .*?error=([^:\n]{1,40})"
+)
+
+
+def why_repeated(session_id: str, logs: Sequence[str]) -> str:
+    """Why a webhook receipt came twice, as far as the workers' logs tell: the delivery was
+    retried after an error (the receiver answered, the worker did not hear it in time), or
+    nothing says (a kill, or the message redelivered)."""
+    errors = [
+        found.group(2)
+        for text in logs
+        for found in _RETRY_LINE.finditer(text)
+        if found.group(1) == session_id
+    ]
+    return "retried after " + ",".join(sorted(set(errors))) if errors else "no retry logged"
 
 
 def repeats(times: dict[str, list[float]], kills: Sequence[float]) -> tuple[int, int]:
@@ -649,7 +679,12 @@ def run_netfault(
 
 
 @contextmanager
-def services(*, aof: bool, fox_secret: str = "secret_chaos_0123456789") -> Iterator[Services]:
+def services(
+    *,
+    aof: bool,
+    overrides: dict[str, str] | None = None,
+    fox_secret: str = "secret_chaos_0123456789",
+) -> Iterator[Services]:
     """A Redis of the run's own, the FunnelFox simulator and a receiver; all gone after."""
     simulator = FunnelFoxSimulator(secret=fox_secret)
     receiver = WebhookReceiver(secret=DEMO_WEBHOOK_SECRET)
@@ -657,7 +692,7 @@ def services(*, aof: bool, fox_secret: str = "secret_chaos_0123456789") -> Itera
         simulator.start()
         receiver.start()
         try:
-            yield Services(server, simulator, receiver)
+            yield Services(server, simulator, receiver, overrides or {})
         finally:
             receiver.stop()
             simulator.stop()
@@ -683,7 +718,7 @@ def tally(results: Sequence[Findings]) -> str:
     parts = [
         f"{results[0].scenario}: {sum(r.ok for r in results)}/{len(results)} runs OK",
         f"accepted {sum(r.accepted for r in results)}",
-        f"lost {sum(sum('LOST' in p for p in r.problems) for r in results)}",
+        f"lost {sum(r.lost for r in results)}",
         f"dead-lettered {sum(r.dead for r in results)}",
         f"reconciled {sum(r.reconciled for r in results)}",
         f"dup receipts {sum(r.duplicate_receipts for r in results)}",
@@ -705,18 +740,27 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--events", type=int, default=10, help="kills per chaos run")
     parser.add_argument("--cut-rate", type=float, default=0.02)
     parser.add_argument("--min-cuts", type=int, default=300, help="cuts per netfault run")
+    parser.add_argument(
+        "--reconcile-after-s",
+        type=int,
+        default=None,
+        help="a control run: e.g. 3600 leaves lost messages lost (and the run fails)",
+    )
     args = parser.parse_args(argv)
+    overrides = (
+        {} if args.reconcile_after_s is None else {"RECONCILE_AFTER_S": str(args.reconcile_after_s)}
+    )
     seed = args.seed if args.seed is not None else random.randrange(2**31)
     rng = random.Random(seed)
     print(f"make chaos: {args.chaos} chaos run(s), {args.netfault} netfault run(s), seed {seed}")
     results: dict[str, list[Findings]] = {"chaos": [], "netfault": []}
     for number in range(1, args.chaos + 1):
-        with services(aof=True) as running:
+        with services(aof=True, overrides=overrides) as running:
             found = run_chaos(number, running, rng, events=args.events)
         results["chaos"].append(found)
         announce(found)
     for number in range(1, args.netfault + 1):
-        with services(aof=False) as running:
+        with services(aof=False, overrides=overrides) as running:
             found = run_netfault(
                 number, running, rng, cut_rate=args.cut_rate, min_cuts=args.min_cuts
             )
@@ -730,9 +774,10 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def announce(found: Findings) -> None:
-    """Print a run as soon as it ends (with where its logs are, if it found problems)."""
+    """Print a run as soon as it ends (with where its logs are, if it found problems or
+    repeated receipts)."""
     print(found.report() if len(found.problems) <= 20 else found.line(), flush=True)
-    if not found.ok:
+    if not found.ok or found.repeated:
         print(f"    logs: {keep_logs(found)}", flush=True)
 
 

@@ -295,9 +295,10 @@ def stop_consuming(worker: Process, env: Mapping[str, str]) -> None:
     """Ask a worker to take no more messages; those it holds stay in progress.
 
     kombu's Redis transport pops a message (BRPOP) and records it as unacknowledged in a
-    second command: a crash of the worker or of Redis between the two loses that message (a
-    known limit of the transport, see the README). Crash tests pause consuming first, so they
-    test what this project controls: every message a worker holds is delivered or returned.
+    second command: a crash of the worker or of Redis between the two loses that message
+    (the ledger's reconciler publishes it again after RECONCILE_AFTER_S, see the README). The
+    crash tests that pause consuming first test what a worker holds: every message it holds
+    is delivered or returned without waiting for the reconciler. The chaos run never pauses.
     """
     _control(worker, env, "cancel_consumer", "no longer consuming")
 
