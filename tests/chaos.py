@@ -427,15 +427,44 @@ _RETRY_LINE = re.compile(
 
 def why_repeated(session_id: str, logs: Sequence[str]) -> str:
     """Why a webhook receipt came twice, as far as the workers' logs tell: the delivery was
-    retried after an error (the receiver answered, the worker did not hear it in time), or
-    nothing says (a kill, or the message redelivered)."""
-    errors = [
+    retried after an error (the receiver answered, the worker did not hear it in time), its
+    record was not written (the task failed as a whole right after the 2xx), or nothing says
+    (a kill, or the message redelivered)."""
+    errors = {
         found.group(2)
         for text in logs
         for found in _RETRY_LINE.finditer(text)
         if found.group(1) == session_id
-    ]
-    return "retried after " + ",".join(sorted(set(errors))) if errors else "no retry logged"
+    }
+    if errors:
+        return "retried after " + ",".join(sorted(errors))
+    unrecorded = {
+        outcome
+        for text in logs
+        for found in re.finditer(
+            rf"/(ForkPoolWorker-\d+)\] worker\.pipeline: delivered "
+            rf"session_id={re.escape(session_id)} stage=deliver:webhook .*\n",
+            text,
+        )
+        if (outcome := _failed_next(text, found.end(), found.group(1)))
+    }
+    if unrecorded:
+        return (
+            "its record not written: the task failed after the 2xx ("
+            + ",".join(sorted(unrecorded))
+            + ")"
+        )
+    return "no retry logged"
+
+
+def _failed_next(text: str, start: int, process: str) -> str:
+    """The outcome when ``process``'s next line from ``start`` says its task failed as a
+    whole, else ""."""
+    for line in text[start:].splitlines()[:50]:
+        if f"/{process}]" in line:
+            failed = re.search(r"stage failed as a whole.*?outcome=(\w+)", line)
+            return failed.group(1) if failed else ""
+    return ""
 
 
 def repeats(times: dict[str, list[float]], kills: Sequence[float]) -> tuple[int, int]:
