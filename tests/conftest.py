@@ -7,6 +7,7 @@ from collections.abc import Iterator
 
 import pytest
 import redis
+from processes import fleet_env
 
 from workshop.funnelfox import FunnelFoxSimulator
 from workshop.receiver import DEMO_WEBHOOK_SECRET, WebhookReceiver
@@ -88,29 +89,4 @@ def worker_env(
     redis_url: str, simulator: FunnelFoxSimulator, receiver: WebhookReceiver
 ) -> dict[str, str]:
     """Environment for worker and CLI processes: both sinks on, tiny retry delays."""
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if not k.startswith(
-            (
-                *("FUNNELFOX_", "WEBHOOK_", "RETRY_", "OUTPUT_", "WORKER_", "REDIS_"),
-                *("VISIBILITY_", "LEDGER_", "RECONCILE_", "TASK_TIME_LIMIT_S"),
-            )
-        )
-    }
-    env.update(
-        REDIS_URL=redis_url,
-        FUNNELFOX_API_URL=simulator.base_url,
-        FUNNELFOX_SECRET=FOX_SECRET,
-        FUNNELFOX_TIMEOUT_S="2",
-        WEBHOOK_URL=receiver.url,
-        WEBHOOK_SECRET=DEMO_WEBHOOK_SECRET,
-        WEBHOOK_TIMEOUT_S="2",
-        OUTPUT_STREAM="test:enriched",
-        RETRY_BACKOFF_BASE_S="0.05",
-        RETRY_BACKOFF_MAX_S="0.5",
-        RETRY_MAX_ATTEMPTS="4",
-        WORKER_BATCH_SIZE="10",
-        PYTHONUNBUFFERED="1",
-    )
-    return env
+    return fleet_env(redis_url, simulator.base_url, receiver.url, FOX_SECRET)

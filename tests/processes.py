@@ -15,11 +15,47 @@ from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
+import httpx
 import orjson
 
 from workshop.procfile import local_command, procfile_command
+from workshop.receiver import DEMO_WEBHOOK_SECRET
+from workshop.redis_server import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
+
+
+def fleet_env(
+    redis_url: str, funnelfox_url: str, webhook_url: str, funnelfox_secret: str
+) -> dict[str, str]:
+    """Environment for worker, web and CLI processes: both sinks on, tiny retry delays; none
+    of this shell's own settings for them."""
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(
+            (
+                *("FUNNELFOX_", "WEBHOOK_", "RETRY_", "OUTPUT_", "WORKER_", "REDIS_"),
+                *("VISIBILITY_", "LEDGER_", "RECONCILE_", "TASK_TIME_LIMIT_S"),
+            )
+        )
+    }
+    env.update(
+        REDIS_URL=redis_url,
+        FUNNELFOX_API_URL=funnelfox_url,
+        FUNNELFOX_SECRET=funnelfox_secret,
+        FUNNELFOX_TIMEOUT_S="2",
+        WEBHOOK_URL=webhook_url,
+        WEBHOOK_SECRET=DEMO_WEBHOOK_SECRET,
+        WEBHOOK_TIMEOUT_S="2",
+        OUTPUT_STREAM="test:enriched",
+        RETRY_BACKOFF_BASE_S="0.05",
+        RETRY_BACKOFF_MAX_S="0.5",
+        RETRY_MAX_ATTEMPTS="4",
+        WORKER_BATCH_SIZE="10",
+        PYTHONUNBUFFERED="1",
+    )
+    return env
 
 
 def wait_until(condition: Callable[[], bool], timeout_s: float, interval_s: float = 0.05) -> bool:
@@ -117,17 +153,54 @@ class Process:
         self._reader.join(5)
 
 
-def start_worker(env: Mapping[str, str], *, extra_args: list[str] | None = None) -> Process:
-    """The Procfile's worker: line, with a unique node name, waiting until it is ready."""
+def spawn_worker(env: Mapping[str, str], *, extra_args: list[str] | None = None) -> Process:
+    """The Procfile's worker: line, with a unique node name, not waiting for it."""
     command = local_command(procfile_command("worker"))
     node = f"test-{uuid.uuid4().hex[:8]}@{socket.gethostname()}"
     command += ["-n", node, *(extra_args or [])]
     process = Process(command, env, name="worker")
     process.node = node
+    return process
+
+
+def start_worker(env: Mapping[str, str], *, extra_args: list[str] | None = None) -> Process:
+    """The Procfile's worker: line, with a unique node name, waiting until it is ready."""
+    process = spawn_worker(env, extra_args=extra_args)
     if not process.wait_for_output(" ready.", timeout_s=60):
         process.stop()
         raise RuntimeError(f"worker did not start:\n{process.output}")
     return process
+
+
+def procfile_line(name: str) -> str:
+    """One Procfile command as written, for a shell to expand (``${PORT:-8000}``)."""
+    for line in (ROOT / "Procfile").read_text().splitlines():
+        key, _, command = line.partition(":")
+        if key.strip() == name:
+            return command.strip()
+    raise KeyError(name)
+
+
+def start_web(env: Mapping[str, str]) -> tuple[Process, str]:
+    """The Procfile's web: line through a shell, as honcho runs it, on a free $PORT; its URL."""
+    port = free_port()
+    bin_dir = str(Path(sys.executable).parent)
+    full_env = {**env, "PORT": str(port), "PATH": bin_dir + os.pathsep + env.get("PATH", "")}
+    process = Process(["sh", "-c", "exec " + procfile_line("web")], full_env, name="web")
+    url = f"http://127.0.0.1:{port}"
+
+    def up() -> bool:
+        if process.popen.poll() is not None:
+            return True
+        try:
+            return httpx.get(url + "/healthz", timeout=1).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    if not wait_until(up, timeout_s=30) or process.popen.poll() is not None:
+        process.stop()
+        raise RuntimeError(f"web did not start:\n{process.output}")
+    return process, url
 
 
 def run_python(code: str, env: Mapping[str, str], *, check: bool = True) -> str:
@@ -222,9 +295,10 @@ def stop_consuming(worker: Process, env: Mapping[str, str]) -> None:
     """Ask a worker to take no more messages; those it holds stay in progress.
 
     kombu's Redis transport pops a message (BRPOP) and records it as unacknowledged in a
-    second command: a crash of the worker or of Redis between the two loses that message (a
-    known limit of the transport, see the README). Crash tests pause consuming first, so they
-    test what this project controls: every message a worker holds is delivered or returned.
+    second command: a crash of the worker or of Redis between the two loses that message
+    (the ledger's reconciler publishes it again after RECONCILE_AFTER_S, see the README). The
+    crash tests that pause consuming first test what a worker holds: every message it holds
+    is delivered or returned without waiting for the reconciler. The chaos run never pauses.
     """
     _control(worker, env, "cancel_consumer", "no longer consuming")
 

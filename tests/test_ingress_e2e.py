@@ -3,63 +3,25 @@
 from __future__ import annotations
 
 import os
-import socket
 import statistics
 import sys
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
 from conftest import FOX_SECRET
-from processes import ROOT, Process, start_worker, wait_until
+from processes import Process, procfile_line, start_web, start_worker, wait_until
 
 from workshop.funnelfox import FunnelFoxSimulator
 from workshop.receiver import WebhookReceiver
-from workshop.redis_server import EmbeddedRedis
+from workshop.redis_server import EmbeddedRedis, free_port
 
 pytestmark = pytest.mark.integration
 
 WEBHOOK = "/webhooks/funnelfox"
 AUTH = {"Fox-Secret-Key": FOX_SECRET}
-
-
-def procfile_line(name: str) -> str:
-    """One Procfile command as written, for a shell to expand (``${PORT:-8000}``)."""
-    for line in (ROOT / "Procfile").read_text().splitlines():
-        key, _, command = line.partition(":")
-        if key.strip() == name:
-            return command.strip()
-    raise KeyError(name)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def start_web(env: Mapping[str, str]) -> tuple[Process, str]:
-    """The Procfile's web: line through a shell, as honcho runs it, on a free $PORT."""
-    port = free_port()
-    bin_dir = str(Path(sys.executable).parent)
-    full_env = {**env, "PORT": str(port), "PATH": bin_dir + os.pathsep + env.get("PATH", "")}
-    process = Process(["sh", "-c", "exec " + procfile_line("web")], full_env, name="web")
-    url = f"http://127.0.0.1:{port}"
-
-    def up() -> bool:
-        if process.popen.poll() is not None:
-            return True
-        try:
-            return httpx.get(url + "/healthz", timeout=1).status_code == 200
-        except httpx.HTTPError:
-            return False
-
-    if not wait_until(up, timeout_s=30) or process.popen.poll() is not None:
-        process.stop()
-        raise RuntimeError(f"web did not start:\n{process.output}")
-    return process, url
 
 
 @pytest.fixture

@@ -199,3 +199,6 @@ def test_celery_gets_the_visibility_timeout_and_at_least_once_settings(
     assert transport["unacked_restore_interval"] == 10
     assert transport["unacked_restore_throttle"] == 1
     assert transport["unacked_mutex_expire"] <= transport["unacked_restore_interval"]
+    # A dropped connection reaches kombu, which reconnects: redis-py retrying it underneath
+    # hung the worker (tests/test_netfault.py).
+    assert transport["retry_on_timeout"] is False

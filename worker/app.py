@@ -9,7 +9,7 @@ from typing import Any
 from celery import Celery, signals
 
 from config import ConfigError, Settings, load_settings
-from worker import kombu_restore_guard
+from worker import kombu_ack_guard, kombu_restore_guard
 from worker.celeryconfig import celery_config, check_worker_limits
 from worker.housekeeping import HousekeepingStep
 
@@ -26,6 +26,7 @@ def _load() -> Settings:
 
 settings = _load()
 kombu_restore_guard.install()
+kombu_ack_guard.install()
 app = Celery("funnelfox-enricher", include=["worker.tasks"])
 app.conf.update(celery_config(settings))
 # Due retries and the reconciler, on the consumer's timer in every worker's main process.

@@ -44,7 +44,13 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "socket_connect_timeout": 5,
         "socket_keepalive": True,
         "health_check_interval": 25,
-        "retry_on_timeout": True,
+        # No redis-py retry on kombu's connections (kombu's default). With one, a dropped
+        # connection to a Redis that is still up hung the worker's main process for good: the
+        # retry reconnects the broadcast PUB/SUB connection inside a read that redis-py 8 lets
+        # block forever, so nothing was consumed, acknowledged or reconciled again (found with
+        # workshop/faultproxy.py, tests/test_netfault.py). Without it, the error reaches kombu,
+        # which reconnects; it also keeps writes from being sent twice behind kombu's back.
+        "retry_on_timeout": False,
         "max_connections": max(20, 4 * settings.worker_concurrency),
         "unacked_restore_interval": restore_interval_s(settings),
         # The sweep holds a lock in Redis while it runs (milliseconds). kombu's default expiry

@@ -1,0 +1,72 @@
+"""A guard for kombu's Redis transport when an acknowledgement does not reach Redis.
+
+kombu's Redis ``QoS.ack`` (and ``reject``) removes the message from Redis's unacked hash first
+and frees the channel's prefetch slot only after that succeeded. When the command fails (a
+dropped connection, Redis restarting), Celery logs "Couldn't ack" and goes on, but the slot
+stays taken for as long as the channel lives. A worker with ``worker_prefetch_multiplier = 1``
+has as many slots as pool processes, so two failed acks on a two-process worker stopped it for
+good: connected, answering pings, never taking a message again (seen in tests/test_netfault.py
+with kombu 5.7.0: every worker of the fleet idle, 236 of 247 accepted sessions waiting).
+
+The guard frees the slot whatever Redis answered, then raises as before. A message whose ack
+did not reach Redis is still in the unacked hash, and comes back after the visibility timeout
+like any message a worker took and did not finish: at least once, and the delivery records
+keep it from being delivered twice.
+
+Applied only to the kombu versions it was verified against, like ``kombu_restore_guard``.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import kombu
+from kombu.transport import redis as kombu_redis
+from kombu.transport import virtual
+from packaging.version import Version
+
+log = logging.getLogger("worker.kombu_ack_guard")
+
+VERIFIED = (Version("5.4"), Version("5.8"))  # [from, to): the range read and tested
+
+_original_ack = kombu_redis.QoS.ack
+_original_reject = kombu_redis.QoS.reject
+
+
+def _ack(self: Any, delivery_tag: Any) -> None:
+    try:
+        _original_ack(self, delivery_tag)  # type: ignore[no-untyped-call]
+    except BaseException:
+        # The slot is free; Redis still holds the message and redelivers it.
+        virtual.QoS.ack(self, delivery_tag)  # type: ignore[no-untyped-call]
+        raise
+
+
+def _reject(self: Any, delivery_tag: Any, requeue: bool = False) -> None:
+    try:
+        _original_reject(self, delivery_tag, requeue=requeue)  # type: ignore[no-untyped-call]
+    except BaseException:
+        virtual.QoS.ack(self, delivery_tag)  # type: ignore[no-untyped-call]
+        raise
+
+
+def applies_to(version: str) -> bool:
+    """Whether this guard was verified against kombu ``version``."""
+    low, high = VERIFIED
+    return low <= Version(version) < high
+
+
+def install(version: str = kombu.__version__) -> bool:
+    """Patch the Redis QoS once (idempotent); False, with a warning, on another kombu."""
+    if not applies_to(version):
+        log.warning(
+            "kombu %s is outside the versions the ack guard was verified against "
+            "(%s to below %s): not applied; see worker/kombu_ack_guard.py",
+            version,
+            *VERIFIED,
+        )
+        return False
+    kombu_redis.QoS.ack = _ack  # type: ignore[method-assign]
+    kombu_redis.QoS.reject = _reject  # type: ignore[method-assign]
+    return True
