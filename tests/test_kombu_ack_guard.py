@@ -13,6 +13,7 @@ import redis.exceptions
 from kombu.transport import redis as kombu_redis
 
 from worker import kombu_ack_guard as guard
+from worker import kombu_restore_guard as restore_guard
 
 
 class BrokenPipe:
@@ -41,13 +42,19 @@ def broken(client: Any = None) -> Iterator[BrokenClient]:
     yield BrokenClient()
 
 
+# kombu's own methods, as the other guard (installed first in a worker) kept them.
+PRISTINE_ACK = restore_guard._ORIGINAL["ack"]
+PRISTINE_REJECT = restore_guard._ORIGINAL["reject"]
+
+
 @pytest.fixture
 def unpatched() -> Iterator[None]:
-    before = kombu_redis.QoS.ack, kombu_redis.QoS.reject
-    kombu_redis.QoS.ack = guard._original_ack  # type: ignore[method-assign]
-    kombu_redis.QoS.reject = guard._original_reject  # type: ignore[method-assign]
+    before = kombu_redis.QoS.ack, kombu_redis.QoS.reject, dict(guard._wrapped)
+    kombu_redis.QoS.ack = PRISTINE_ACK  # type: ignore[method-assign]
+    kombu_redis.QoS.reject = PRISTINE_REJECT  # type: ignore[method-assign]
     yield
-    kombu_redis.QoS.ack, kombu_redis.QoS.reject = before  # type: ignore[method-assign]
+    kombu_redis.QoS.ack, kombu_redis.QoS.reject, wrapped = before  # type: ignore[method-assign]
+    guard._wrapped.update(wrapped)
 
 
 def full_qos() -> Any:
@@ -95,7 +102,7 @@ def test_a_failed_reject_frees_its_slot_and_still_raises(requeue: bool) -> None:
 def test_another_kombu_is_left_alone_with_a_warning(caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.WARNING)
     assert not guard.install("6.0.0")
-    assert kombu_redis.QoS.ack is guard._original_ack
+    assert kombu_redis.QoS.ack is PRISTINE_ACK
     assert "outside the versions" in caplog.text
 
 
@@ -104,3 +111,17 @@ def test_the_installed_kombu_is_one_it_was_verified_against() -> None:
     import kombu
 
     assert guard.applies_to(kombu.__version__)
+
+
+def test_in_a_worker_the_full_redis_guard_stays_in_the_chain(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Both guards wrap kombu's ack and reject; installed in the worker's order, the ack guard
+    calls the full-Redis guard, which calls kombu (a worker died of OOM on reject when the ack
+    guard held kombu's own method instead)."""
+    monkeypatch.setenv("OUTPUT_STREAM", "enriched")  # what worker.app needs to load
+    import worker.app  # noqa: F401 - installs both, in order
+
+    assert kombu_redis.QoS.reject is guard._reject
+    assert guard._wrapped["reject"] is restore_guard._reject
+    assert guard._wrapped["ack"] is restore_guard._ack

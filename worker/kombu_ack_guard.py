@@ -30,13 +30,17 @@ log = logging.getLogger("worker.kombu_ack_guard")
 
 VERIFIED = (Version("5.4"), Version("5.8"))  # [from, to): the range read and tested
 
-_original_ack = kombu_redis.QoS.ack
-_original_reject = kombu_redis.QoS.reject
+# What ack and reject were when install() ran: kombu's own, or another guard's around them
+# (worker.kombu_restore_guard's full-Redis guard is installed first and stays in the chain).
+_wrapped: dict[str, Any] = {
+    "ack": kombu_redis.QoS.ack,
+    "reject": kombu_redis.QoS.reject,
+}
 
 
 def _ack(self: Any, delivery_tag: Any) -> None:
     try:
-        _original_ack(self, delivery_tag)  # type: ignore[no-untyped-call]
+        _wrapped["ack"](self, delivery_tag)
     except BaseException:
         # The slot is free; Redis still holds the message and redelivers it.
         virtual.QoS.ack(self, delivery_tag)  # type: ignore[no-untyped-call]
@@ -45,7 +49,7 @@ def _ack(self: Any, delivery_tag: Any) -> None:
 
 def _reject(self: Any, delivery_tag: Any, requeue: bool = False) -> None:
     try:
-        _original_reject(self, delivery_tag, requeue=requeue)  # type: ignore[no-untyped-call]
+        _wrapped["reject"](self, delivery_tag, requeue=requeue)
     except BaseException:
         virtual.QoS.ack(self, delivery_tag)  # type: ignore[no-untyped-call]
         raise
@@ -67,6 +71,9 @@ def install(version: str = kombu.__version__) -> bool:
             *VERIFIED,
         )
         return False
-    kombu_redis.QoS.ack = _ack  # type: ignore[method-assign]
-    kombu_redis.QoS.reject = _reject  # type: ignore[method-assign]
+    if kombu_redis.QoS.ack is not _ack:  # idempotent: never wrap itself
+        _wrapped["ack"] = kombu_redis.QoS.ack
+        _wrapped["reject"] = kombu_redis.QoS.reject
+        kombu_redis.QoS.ack = _ack  # type: ignore[method-assign]
+        kombu_redis.QoS.reject = _reject  # type: ignore[method-assign]
     return True
