@@ -15,6 +15,7 @@ import redis.asyncio as aioredis
 
 from config.destinations import Destination
 from worker.keys import SINKS, delivery_queue
+from worker.redis_clients import text
 
 
 def register_destinations(client: redis.Redis, destinations: Sequence[Destination]) -> None:
@@ -44,21 +45,17 @@ def registered_destinations(client: redis.Redis) -> dict[str, dict[str, Any]]:
     found = {}
     for name, raw in sorted(client.hgetall(SINKS).items()):
         try:
-            found[_text(name)] = orjson.loads(raw)
+            found[text(name)] = orjson.loads(raw)
         except orjson.JSONDecodeError:  # an older worker recorded the queue name only
-            found[_text(name)] = {"queue": _text(raw)}
+            found[text(name)] = {"queue": text(raw)}
     return found
 
 
 def registered_sinks(client: redis.Redis) -> list[str]:
     """Every destination a worker of this fleet has delivered to (sorted)."""
-    return sorted(_text(name) for name in client.hkeys(SINKS))
+    return sorted(text(name) for name in client.hkeys(SINKS))
 
 
 async def registered_sinks_async(client: aioredis.Redis) -> list[str]:
     """The same, from an asyncio client."""
-    return sorted(_text(name) for name in await client.hkeys(SINKS))
-
-
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value
+    return sorted(text(name) for name in await client.hkeys(SINKS))

@@ -37,6 +37,7 @@ from worker.keys import (
     delivery_queue,
 )
 from worker.ledger import FINISHED, UNFINISHED
+from worker.redis_clients import text
 
 KEY = METRICS
 BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
@@ -202,7 +203,7 @@ class FleetCollector(Collector):
         yield opened
 
     def _ledger(self) -> Iterator[Metric]:
-        counts = {_text(k): int(v) for k, v in self._client.hgetall(LEDGER_COUNTS).items()}
+        counts = {text(k): int(v) for k, v in self._client.hgetall(LEDGER_COUNTS).items()}
         unfinished = GaugeMetricFamily(
             "funnelfox_sessions", "Unfinished sessions in the ledger, per state", labels=["state"]
         )
@@ -268,7 +269,3 @@ def render(client: redis.Redis) -> bytes:
     registry = CollectorRegistry(auto_describe=False)
     registry.register(FleetCollector(client))
     return generate_latest(registry)
-
-
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value

@@ -235,3 +235,8 @@ def _sentinel_kwargs(sentinel: SentinelURL, timeout_s: float) -> dict[str, Any]:
 def _login(sentinel: SentinelURL) -> dict[str, Any]:
     """The database and credentials for the primary."""
     return {"db": sentinel.db, "username": sentinel.username, "password": sentinel.password}
+
+
+def text(value: bytes | str) -> str:
+    """A Redis reply as text (clients here return bytes unless told otherwise)."""
+    return value.decode() if isinstance(value, bytes) else value

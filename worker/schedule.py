@@ -38,6 +38,7 @@ from worker.keys import (
     ledger_trigger_key,
 )
 from worker.ledger import LedgerWriter
+from worker.redis_clients import text
 from worker.work import Work
 
 log = logging.getLogger("worker.schedule")
@@ -94,7 +95,7 @@ class DueRetries:
         fetches: list[Work] = []
         deliveries: dict[str, list[Work]] = {}
         for member, item in zip(reply[::2], reply[1::2], strict=True):
-            stage = _text(member).split("|", 1)[0]
+            stage = text(member).split("|", 1)[0]
             work = Work.from_message(orjson.loads(item))
             if stage == "fetch":
                 fetches.append(work)
@@ -195,14 +196,14 @@ class Reconciler:
             return []
         with self._redis.pipeline(transaction=False) as pipe:
             for member, _ in overdue:
-                pipe.hgetall(ledger_key(_text(member)))
-                pipe.get(ledger_trigger_key(_text(member)))
+                pipe.hgetall(ledger_key(text(member)))
+                pipe.get(ledger_trigger_key(text(member)))
             replies = pipe.execute()
         candidates = [
             Candidate(
-                _text(member),
+                text(member),
                 float(score),
-                {_text(k): _text(v) for k, v in entry.items()},
+                {text(k): text(v) for k, v in entry.items()},
                 trigger,
             )
             for (member, score), entry, trigger in zip(
@@ -262,7 +263,3 @@ class Reconciler:
 
 def _chunks(items: Sequence[Work], size: int) -> list[list[Work]]:
     return [list(items[i : i + size]) for i in range(0, len(items), size)]
-
-
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value

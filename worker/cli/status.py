@@ -17,7 +17,7 @@ import redis
 from config import Settings
 from worker.keys import LEDGER_COUNTS, LEDGER_OPEN, ledger_conversions_key, ledger_key
 from worker.ledger import FINISHED, STAGE_NAMES, UNFINISHED
-from worker.redis_clients import sync_client
+from worker.redis_clients import sync_client, text
 
 # Unknown ids: the ledger has no entry (never accepted, or finished longer than LEDGER_TTL_S).
 EXIT_UNKNOWN = 1
@@ -78,21 +78,21 @@ def describe_entry(session_id: str, entry: dict[str, str]) -> dict[str, Any]:
         "source": entry.get("s"),
         "event_id": entry.get("e") or ids.get("event_id"),
         "next_attempt_at": _iso(next_at) if next_at else None,
-        "attempts": [_attempt(text, float(entry.get("a") or 0)) for _, text in sorted(_log(entry))],
+        "attempts": [_attempt(line, float(entry.get("a") or 0)) for _, line in sorted(_log(entry))],
     }
 
 
 def _log(entry: dict[str, str]) -> list[tuple[int, str]]:
     """The attempt fields (l1, l2, …) of an entry with their numbers."""
     return [
-        (int(name[1:]), text)
-        for name, text in entry.items()
+        (int(name[1:]), line)
+        for name, line in entry.items()
         if name.startswith("l") and name[1:].isdigit()
     ]
 
 
-def _attempt(text: str, accepted_at: float) -> dict[str, Any]:
-    parts = [*text.split(","), "", ""]
+def _attempt(line: str, accepted_at: float) -> dict[str, Any]:
+    parts = [*line.split(","), "", ""]
     code, since_ms, outcome, detail, duration_ms = parts[:5]
     stage = STAGE_NAMES.get(code) or code.replace("d:", "deliver:", 1)
     at = accepted_at + float(since_ms or 0) / 1000
@@ -117,7 +117,7 @@ def read_entries(client: redis.Redis, session_ids: Sequence[str]) -> list[dict[s
         for session_id in session_ids:
             pipe.hgetall(ledger_key(session_id))
         replies = pipe.execute()
-    return [{_text(k): _text(v) for k, v in reply.items()} or None for reply in replies]
+    return [{text(k): text(v) for k, v in reply.items()} or None for reply in replies]
 
 
 def read_conversions(client: redis.Redis, session_ids: Sequence[str]) -> list[list[dict[str, Any]]]:
@@ -126,7 +126,7 @@ def read_conversions(client: redis.Redis, session_ids: Sequence[str]) -> list[li
     with client.pipeline(transaction=False) as pipe:
         for session_id in session_ids:
             pipe.zrange(ledger_conversions_key(session_id), 0, -1)
-        listed = [[_text(event_id) for event_id in ids] for ids in pipe.execute()]
+        listed = [[text(event_id) for event_id in ids] for ids in pipe.execute()]
     with client.pipeline(transaction=False) as pipe:
         for event_id in (event_id for ids in listed for event_id in ids):
             pipe.hmget(ledger_key(event_id), "k", "st")
@@ -139,8 +139,8 @@ def read_conversions(client: redis.Redis, session_ids: Sequence[str]) -> list[li
             rows.append(
                 {
                     "event_id": event_id,
-                    "type": _text(kind) if kind else None,
-                    "state": _text(state) if state else None,
+                    "type": text(kind) if kind else None,
+                    "state": text(state) if state else None,
                 }
             )
         found.append(rows)
@@ -150,7 +150,7 @@ def read_conversions(client: redis.Redis, session_ids: Sequence[str]) -> list[li
 def summary(client: redis.Redis, now: float | None = None) -> dict[str, Any]:
     """Counts per state and the oldest unfinished session."""
     now = time.time() if now is None else now
-    counts = {_text(k): int(v) for k, v in client.hgetall(LEDGER_COUNTS).items()}
+    counts = {text(k): int(v) for k, v in client.hgetall(LEDGER_COUNTS).items()}
     oldest: list[tuple[bytes, float]] = client.zrange(  # type: ignore[assignment]
         LEDGER_OPEN, 0, 0, withscores=True
     )
@@ -162,12 +162,8 @@ def summary(client: redis.Redis, now: float | None = None) -> dict[str, Any]:
     if oldest:
         member, accepted_at = oldest[0]
         found["oldest_unfinished"] = {
-            "session_id": _text(member),
+            "session_id": text(member),
             "accepted_at": _iso(str(accepted_at)),
             "age_s": round(now - float(accepted_at), 3),
         }
     return found
-
-
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value
