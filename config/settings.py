@@ -187,6 +187,9 @@ class Settings(BaseSettings):
     # Off only to measure what the ledger costs (make bench): without it, retries wait in the
     # broker and lost messages are not noticed.
     ledger_enabled: bool = True
+    # A fetch makes each session's first delivery itself, without a deliver message (see
+    # worker/inline.py); false: every delivery goes through its destination's queue.
+    inline_delivery: bool = True
     log_format: Literal["text", "json"] = "text"
     log_level: str = "INFO"
     # Off: no log line names an IP address (uvicorn's access log would) unless opted in.

@@ -32,6 +32,7 @@ from worker.errors import (
     UpstreamAuthFailed,
 )
 from worker.fetch import FunnelFoxClient
+from worker.inline import InlineGate
 from worker.ledger import Event, Ledger, Recorded
 from worker.messages import Refusal
 from worker.metrics import MetricsBatch
@@ -79,6 +80,8 @@ class StageResult:
 
     deliveries: dict[str, list[Work]] = field(default_factory=dict)
     retries: list[tuple[Work, float]] = field(default_factory=list)
+    # A fetch's inline deliveries that must be tried again, per destination (not refetched).
+    delivery_retries: dict[str, list[tuple[Work, float]]] = field(default_factory=dict)
     # What the ledger records about each session, in order.
     events: list[Event] = field(default_factory=list)
     # True once the ledger holds the retries (they wait in Redis, not in the broker).
@@ -89,6 +92,8 @@ class StageResult:
         for sink, works in other.deliveries.items():
             self.deliveries.setdefault(sink, []).extend(works)
         self.retries += other.retries
+        for sink, retries in other.delivery_retries.items():
+            self.delivery_retries.setdefault(sink, []).extend(retries)
         self.events += other.events
         self.dead += other.dead
         self.done += other.done
@@ -121,6 +126,8 @@ class Pipeline:
     # Built enrichments kept for conversions (ENRICHMENT_CACHE_TTL_S); None: always fetch.
     enrichments: EnrichmentCache | None = None
     claim_wait_s: float = 5.0
+    # Set: a fetch handed ``on_ready`` makes each session's first delivery itself (inline).
+    inline: InlineGate | None = None
     scrub: Callable[[str], str] = str
     now: Callable[[], datetime] = lambda: datetime.now(UTC)
     _auth_warned: bool = False
@@ -149,6 +156,7 @@ class Pipeline:
         }
         order = {future: n for n, future in enumerate(fetching)}  # the batch's own order
         total, wave = StageResult(), result
+        delivering: list[asyncio.Future[StageResult]] = []
         while fetching or wave is result:
             kept: list[tuple[str, Enriched]] = []
             for work, sinks, source in ready:
@@ -173,12 +181,49 @@ class Pipeline:
                 await self.enrichments.put_many(kept)
             await self._record(wave, metrics)
             if on_ready is not None:
-                # In a thread: publishing blocks, and fetches still waiting for their rate-limit
-                # slot must start on time, not all at once when the loop is free again.
-                await asyncio.to_thread(on_ready, wave)
+                delivering += self._deliver_inline(wave)
+                await _hand_over(wave, on_ready)
             total.merge(wave)
             wave, metrics = StageResult(), MetricsBatch()
+        for delivered in await asyncio.gather(*delivering):
+            if on_ready is not None:
+                await _hand_over(delivered, on_ready)
+            total.merge(delivered)
         return total
+
+    def _deliver_inline(self, wave: StageResult) -> list[asyncio.Future[StageResult]]:
+        """Start the first delivery of a wave's sessions here, for each destination that takes
+        it (the rest stay in ``wave.deliveries``, for their queues)."""
+        if self.inline is None:
+            return []
+        inline = [
+            sink
+            for sink in wave.deliveries
+            if sink in self.sinks and sink not in self.sink_limits and self.inline.allows(sink)
+        ]
+        return [
+            asyncio.ensure_future(self._deliver_here(sink, wave.deliveries.pop(sink)))
+            for sink in inline
+        ]
+
+    async def _deliver_here(self, sink: str, works: list[Work]) -> StageResult:
+        """One destination's inline delivery; its retries go to the destination's queue."""
+        assert self.inline is not None, "only started with a gate"
+        started = time.monotonic()
+        try:
+            result = await self.deliver(sink, works)
+        except Exception as exc:
+            # Redis failed under the delivery record: the destination's queue takes them, and
+            # its task retries the message as a whole, as it would have without inline.
+            log.warning(
+                "inline delivery failed as a whole; handed to the queue",
+                extra={"stage": f"deliver:{sink}", "outcome": type(exc).__name__},
+            )
+            return StageResult(deliveries={sink: works})
+        self.inline.observe(sink, time.monotonic() - started)
+        result.delivery_retries = {sink: result.retries} if result.retries else {}
+        result.retries = []
+        return result
 
     def _plan(
         self,
@@ -572,6 +617,15 @@ class Pipeline:
                 "error": letter.error,
             },
         )
+
+
+async def _hand_over(result: StageResult, on_ready: Callable[[StageResult], None]) -> None:
+    """Give the task layer what it must publish, if anything."""
+    unscheduled = not result.retries_scheduled and (result.retries or result.delivery_retries)
+    if result.deliveries or unscheduled:
+        # In a thread: publishing blocks, and fetches still waiting for their rate-limit slot
+        # must start on time, not all at once when the loop is free again.
+        await asyncio.to_thread(on_ready, result)
 
 
 def unit_fields(work: Work) -> dict[str, Any]:

@@ -20,6 +20,7 @@ from worker.enrich_device import warm_up
 from worker.enrichments import EnrichmentCache
 from worker.fetch import FunnelFoxClient
 from worker.http import HttpSession, make_session
+from worker.inline import InlineGate
 from worker.keys import destination_rate_limit_key
 from worker.ledger import Ledger
 from worker.pipeline import Pipeline
@@ -110,6 +111,7 @@ class Runtime:
             claim_wait_s=claim_ttl_s(settings),
             breakers=breakers,
             sink_limits=sink_limits,
+            inline=InlineGate() if settings.inline_delivery else None,
             scrub=scrubber(settings),
         )
 

@@ -116,6 +116,9 @@ def _dispatch(result: StageResult, stage: str) -> None:
                 producer.send_fetches([work], countdown=delay)
             else:
                 producer.send_deliveries(stage, [work], countdown=delay)
+        for sink, retries in result.delivery_retries.items():  # a fetch's inline deliveries
+            for work, delay in retries:
+                producer.send_deliveries(sink, [work], countdown=delay)
 
 
 @app.task(name="worker.tasks.enrich_session", bind=True)

@@ -1,0 +1,152 @@
+"""A fetch makes each session's first delivery itself; queues keep retries, paced and slow
+destinations (worker/inline.py)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+
+import httpx
+import pytest
+import redis
+import redis.asyncio as aioredis
+from processes import start_worker
+from pydantic import SecretStr
+from test_ledger_e2e import enqueue
+from test_pipeline import POLICY, RecordingSink, ok, upstream
+
+from worker import errors
+from worker.deadletters import DeadLetters
+from worker.fetch import FunnelFoxClient
+from worker.http import HttpSession
+from worker.inline import InlineGate
+from worker.keys import delivered_key
+from worker.pipeline import Pipeline, StageResult
+from worker.ratelimit import FleetRateLimit
+from worker.sinks.base import Delivery, Outcome, Sink
+from worker.state import DeliveryState
+from worker.work import Work
+from workshop.receiver import WebhookReceiver
+
+
+class SlowSink(RecordingSink):
+    """Takes ``delay_s`` over every delivery."""
+
+    def __init__(self, name: str, delay_s: float) -> None:
+        super().__init__(name, ok)
+        self.delay_s = delay_s
+
+    async def deliver(self, deliveries: Sequence[Delivery]) -> list[Outcome]:
+        await asyncio.sleep(self.delay_s)
+        return await super().deliver(deliveries)
+
+
+def fetch_inline(
+    redis_url: str,
+    sinks: Sequence[Sink],
+    batches: Sequence[Sequence[Work]],
+    *,
+    gate: InlineGate,
+    limited: Sequence[str] = (),
+) -> tuple[list[StageResult], list[StageResult]]:
+    """Run each batch through ``Pipeline.fetch`` with ``on_ready``; return what each fetch
+    returned and what it handed to the task layer to publish."""
+    handed: list[StageResult] = []
+
+    async def main() -> list[StageResult]:
+        client = aioredis.Redis.from_url(redis_url)
+        http = HttpSession(httpx.MockTransport(upstream), httpx.Timeout(1))
+        pipeline = Pipeline(
+            funnelfox=FunnelFoxClient(http, api_url="http://ff.test/v1", secret=SecretStr("s_1")),
+            sinks={sink.name: sink for sink in sinks},
+            state=DeliveryState(client, dedupe_ttl_s=60, claim_ttl_s=5),
+            dead_letters=DeadLetters(client),
+            policy=POLICY,
+            sink_limits={name: FleetRateLimit(client, rate_per_s=1000) for name in limited},
+            inline=gate,
+        )
+        try:
+            return [await pipeline.fetch(batch, on_ready=handed.append) for batch in batches]
+        finally:
+            await client.aclose()
+            await http.aclose()
+
+    return asyncio.run(main()), handed
+
+
+def test_a_fetch_delivers_its_sessions_itself(redis_url: str, redis_client: redis.Redis) -> None:
+    webhook, stream = RecordingSink("webhook", ok), RecordingSink("stream", ok)
+    [result], handed = fetch_inline(
+        redis_url, [webhook, stream], [[Work("ses_i1"), Work("ses_i2")]], gate=InlineGate()
+    )
+    assert handed == []  # nothing to publish: no deliver message
+    assert sorted(d.session_id for d in webhook.received) == ["ses_i1", "ses_i2"]
+    assert sorted(d.session_id for d in stream.received) == ["ses_i1", "ses_i2"]
+    assert redis_client.exists(delivered_key("webhook", "ses_i1"), delivered_key("stream", "ses_i2"))
+    assert sorted(result.done).count("ses_i1") == 3  # fetched, then delivered to both
+
+
+def test_a_failed_inline_delivery_is_retried_on_its_destinations_queue(redis_url: str) -> None:
+    failing = RecordingSink("webhook", lambda _: errors.SinkUnavailable("webhook answered 503"))
+    [result], handed = fetch_inline(redis_url, [failing], [[Work("ses_i3")]], gate=InlineGate())
+    assert [d.session_id for d in failing.received] == ["ses_i3"]
+    [retry] = handed
+    assert retry.deliveries == {} and retry.retries == []  # not fetched again
+    [(work, delay)] = retry.delivery_retries["webhook"]
+    assert (work.session_id, work.attempts) == ("ses_i3", 1)
+    assert work.payload is not None  # the built payload travels with it
+    assert 0 < delay <= POLICY.max_s * 1.1
+
+
+def test_a_rate_limited_destination_keeps_its_queue(redis_url: str) -> None:
+    paced, free = RecordingSink("paced", ok), RecordingSink("free", ok)
+    _, handed = fetch_inline(
+        redis_url, [paced, free], [[Work("ses_i4")]], gate=InlineGate(), limited=["paced"]
+    )
+    assert [d.session_id for d in free.received] == ["ses_i4"]
+    assert paced.received == []
+    [queued] = handed
+    assert [w.session_id for w in queued.deliveries["paced"]] == ["ses_i4"]
+
+
+def test_a_slow_destination_goes_back_to_its_queue_for_a_while(redis_url: str) -> None:
+    slow, quick = SlowSink("slow", 0.2), RecordingSink("quick", ok)
+    gate = InlineGate(slow_s=0.1, cooldown_s=60)
+    _, handed = fetch_inline(
+        redis_url, [slow, quick], [[Work("ses_i5")], [Work("ses_i6")]], gate=gate
+    )
+    # The first delivery was made inline and found slow; the next fetch queues that one only.
+    assert [d.session_id for d in slow.received] == ["ses_i5"]
+    assert [d.session_id for d in quick.received] == ["ses_i5", "ses_i6"]
+    [queued] = handed
+    assert set(queued.deliveries) == {"slow"}
+    assert [w.session_id for w in queued.deliveries["slow"]] == ["ses_i6"]
+
+
+def test_the_gate_reopens_after_its_cooldown() -> None:
+    now = [100.0]
+    gate = InlineGate(slow_s=1.0, cooldown_s=30, clock=lambda: now[0])
+    gate.observe("crm", 0.5)
+    assert gate.allows("crm")
+    gate.observe("crm", 1.5)
+    assert not gate.allows("crm")
+    assert gate.allows("warehouse")  # per destination
+    now[0] += 30
+    assert gate.allows("crm")
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("inline", [True, False], ids=["inline", "queued"])
+def test_a_worker_sends_no_deliver_message_for_a_first_attempt(
+    inline: bool, worker_env: dict[str, str], receiver: WebhookReceiver
+) -> None:
+    env = {**worker_env, "INLINE_DELIVERY": str(inline).lower()}
+    ids = [f"ses_inl{n}" for n in range(5)]
+    enqueue(env, ids)
+    worker = start_worker(env)
+    try:
+        assert receiver.wait_for(len(ids), timeout=30, distinct=True), worker.output
+    finally:
+        worker.stop()
+    delivers = worker.output.count("Task worker.tasks.deliver[")
+    assert (delivers == 0) if inline else (delivers > 0), worker.output
