@@ -82,16 +82,18 @@ def test_a_fetch_delivers_its_sessions_itself(redis_url: str, redis_client: redi
     assert handed == []  # nothing to publish: no deliver message
     assert sorted(d.session_id for d in webhook.received) == ["ses_i1", "ses_i2"]
     assert sorted(d.session_id for d in stream.received) == ["ses_i1", "ses_i2"]
-    assert redis_client.exists(delivered_key("webhook", "ses_i1"), delivered_key("stream", "ses_i2"))
+    records = delivered_key("webhook", "ses_i1"), delivered_key("stream", "ses_i2")
+    assert redis_client.exists(*records) == 2
     assert sorted(result.done).count("ses_i1") == 3  # fetched, then delivered to both
 
 
 def test_a_failed_inline_delivery_is_retried_on_its_destinations_queue(redis_url: str) -> None:
     failing = RecordingSink("webhook", lambda _: errors.SinkUnavailable("webhook answered 503"))
-    [result], handed = fetch_inline(redis_url, [failing], [[Work("ses_i3")]], gate=InlineGate())
+    _, handed = fetch_inline(redis_url, [failing], [[Work("ses_i3")]], gate=InlineGate())
     assert [d.session_id for d in failing.received] == ["ses_i3"]
     [retry] = handed
-    assert retry.deliveries == {} and retry.retries == []  # not fetched again
+    assert retry.deliveries == {}
+    assert retry.retries == []  # not fetched again
     [(work, delay)] = retry.delivery_retries["webhook"]
     assert (work.session_id, work.attempts) == ("ses_i3", 1)
     assert work.payload is not None  # the built payload travels with it
