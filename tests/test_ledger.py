@@ -372,3 +372,29 @@ def test_status_tells_a_conversion_and_lists_a_sessions_conversions(
     # A session whose conversion came first (or that was never accepted) still shows them.
     assert unseen["state"] is None
     assert [c["event_id"] for c in unseen["conversions"]] == ["evt_early"]
+
+
+def script_exists_calls(client: redis.Redis) -> int:
+    stats = client.info("commandstats")
+    return int(stats.get("cmdstat_script|exists", {}).get("calls", 0))
+
+
+def test_ledger_writes_are_one_round_trip_and_survive_a_script_flush(
+    redis_url: str, redis_client: redis.Redis
+) -> None:
+    """Scripts go by SHA (no SCRIPT EXISTS per pipeline); a Redis that lost them (a restart,
+    a failover) has them loaded again and the write still happens once."""
+    writer = LedgerWriter(redis_client)
+    work = Work("ses_sha", trigger={"event_id": "evt_sha"})
+    writer.accept([Acceptance("ses_warm", None)], "console")  # loads the scripts if need be
+    record(redis_url, [Event(Work("ses_warm"), "fetch", "ok", "f", "d")])
+    before = script_exists_calls(redis_client)
+    redis_client.script_flush()
+    assert writer.accept([Acceptance.of(work)], "ingress") == [""]
+    redis_client.script_flush()
+    fetched = Event(work, "fetch", "ok", "f", "d", destinations={"webhook": "q"})
+    [recorded] = record(redis_url, [fetched], [(work, 5.0)])
+    assert (recorded.before, recorded.after) == ("queued", "in_progress")
+    assert redis_client.zcard(DUE) == 1
+    assert [text.split(",")[0] for text in attempts(redis_client, "ses_sha")] == ["a", "f"]
+    assert script_exists_calls(redis_client) == before

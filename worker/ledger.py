@@ -37,6 +37,7 @@ import orjson
 import redis
 import redis.asyncio as aioredis
 
+from worker import scripts
 from worker.conversions import Conversion
 from worker.keys import (
     DUE,
@@ -329,10 +330,12 @@ class Ledger:
     async def accept(self, items: Sequence[Acceptance], source: str) -> list[str]:
         """Record sessions as accepted (the ingress); their states before."""
         now = time.time()
-        async with self._redis.pipeline(transaction=False) as pipe:
+
+        def fill(pipe: Any) -> None:
             for item in items:
-                await self._accept(item.keys(), item.args(now, source, self._ttl_s), client=pipe)
-            return [_text(state) for state in await pipe.execute()]
+                scripts.call(pipe, self._accept, item.keys(), item.args(now, source, self._ttl_s))
+
+        return [_text(state) for state in await scripts.execute(self._redis, fill, [self._accept])]
 
     async def record(
         self, events: Sequence[Event], retries: Sequence[tuple[Work, float]] = ()
@@ -350,15 +353,19 @@ class Ledger:
         for event in events:
             keys += _keys(event.work.session_id)
             args += self._args(event, now)
-        async with self._redis.pipeline(transaction=False) as pipe:
+
+        def fill(pipe: Any) -> None:
             if events:
                 per_unit = [len(keys) // len(events), len(args) // len(events)]
-                await self._update_many(keys, [*per_unit, *args], client=pipe)
+                scripts.call(pipe, self._update_many, keys, [*per_unit, *args])
+            # Setting a score and a field again is harmless if a NOSCRIPT makes this run twice.
             for work, delay_s in retries:
                 member = due_member(_retry_stage(stages.get(work.session_id)), work.session_id)
                 pipe.zadd(DUE, {member: now + delay_s})
                 pipe.hset(DUE_WORK, member, orjson.dumps(work.to_message()))
-            replies = (await pipe.execute())[0] if events else []
+
+        executed = await scripts.execute(self._redis, fill, [self._update_many])
+        replies = executed[0] if events else []
         return [
             Recorded(_text(before), _text(after), float(accepted or now))
             for before, after, accepted in replies
@@ -436,10 +443,12 @@ class LedgerWriter:
     def accept(self, items: Sequence[Acceptance], source: str) -> list[str]:
         """Record sessions as accepted in one round trip; their states before."""
         now = time.time()
-        with self._redis.pipeline(transaction=False) as pipe:
+
+        def fill(pipe: Any) -> None:
             for item in items:
-                self._accept(item.keys(), item.args(now, source, self._ttl_s), client=pipe)
-            return [_text(state) for state in pipe.execute()]
+                scripts.call(pipe, self._accept, item.keys(), item.args(now, source, self._ttl_s))
+
+        return [_text(s) for s in scripts.execute_sync(self._redis, fill, [self._accept])]
 
     def close(self) -> None:
         """Close the connection."""
