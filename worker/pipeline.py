@@ -179,19 +179,24 @@ class Pipeline:
             timings.clear()
             if self.enrichments is not None:
                 await self.enrichments.put_many(kept)
-            await self._record(wave, metrics)
+            # Metrics are written once, at the end, with the inline deliveries' own: a round
+            # trip less per wave (what one batch adds shows up a few seconds later at most).
+            await self._record(wave, metrics, flush=False)
             if on_ready is not None:
-                delivering += self._deliver_inline(wave)
+                delivering += self._deliver_inline(wave, metrics)
                 await _hand_over(wave, on_ready)
             total.merge(wave)
-            wave, metrics = StageResult(), MetricsBatch()
+            wave = StageResult()
         for delivered in await asyncio.gather(*delivering):
             if on_ready is not None:
                 await _hand_over(delivered, on_ready)
             total.merge(delivered)
+        await self._flush(metrics)
         return total
 
-    def _deliver_inline(self, wave: StageResult) -> list[asyncio.Future[StageResult]]:
+    def _deliver_inline(
+        self, wave: StageResult, metrics: MetricsBatch
+    ) -> list[asyncio.Future[StageResult]]:
         """Start the first delivery of a wave's sessions here, for each destination that takes
         it (the rest stay in ``wave.deliveries``, for their queues)."""
         if self.inline is None:
@@ -202,16 +207,18 @@ class Pipeline:
             if sink in self.sinks and sink not in self.sink_limits and self.inline.allows(sink)
         ]
         return [
-            asyncio.ensure_future(self._deliver_here(sink, wave.deliveries.pop(sink)))
+            asyncio.ensure_future(self._deliver_here(sink, wave.deliveries.pop(sink), metrics))
             for sink in inline
         ]
 
-    async def _deliver_here(self, sink: str, works: list[Work]) -> StageResult:
+    async def _deliver_here(
+        self, sink: str, works: list[Work], metrics: MetricsBatch
+    ) -> StageResult:
         """One destination's inline delivery; its retries go to the destination's queue."""
         assert self.inline is not None, "only started with a gate"
         started = time.monotonic()
         try:
-            result = await self.deliver(sink, works)
+            result = await self.deliver(sink, works, metrics=metrics)
         except Exception as exc:
             # Redis failed under the delivery record: the destination's queue takes them, and
             # its task retries the message as a whole, as it would have without inline.
@@ -354,16 +361,24 @@ class Pipeline:
         """Whether a conversion may follow: the run came from a FunnelFox event."""
         return work.event is not None or work.trigger is not None
 
-    async def deliver(self, sink_name: str, batch: Sequence[Work]) -> StageResult:
-        """Deliver built payloads to one sink, each session at most once while its record lives."""
-        result, metrics = StageResult(), MetricsBatch()
+    async def deliver(
+        self, sink_name: str, batch: Sequence[Work], *, metrics: MetricsBatch | None = None
+    ) -> StageResult:
+        """Deliver built payloads to one sink, each session at most once while its record lives.
+
+        With ``metrics`` (a fetch's inline delivery), what it counts is added there and written
+        by the caller.
+        """
+        flush = metrics is None
+        result = StageResult()
+        metrics = metrics if metrics is not None else MetricsBatch()
         stage = f"deliver:{sink_name}"
         sink = self.sinks.get(sink_name)
         if sink is None:
             error = StageError(f"sink {sink_name!r} is not configured in this worker")
             for work in batch:
                 self._dead(result, metrics, work, stage, "sink_disabled", error)
-            await self._record(result, metrics)
+            await self._record(result, metrics, flush=flush)
             return result
         batch = await self._hold(sink_name, batch, result)
         states = await self.state.claim(sink_name, [w.session_id for w in batch])
@@ -405,7 +420,7 @@ class Pipeline:
         breaker = self.breakers.get(sink_name)
         if breaker is not None:
             await breaker.report(len(result.done), unreachable, time.time())
-        await self._record(result, metrics)
+        await self._record(result, metrics, flush=flush)
         return result
 
     def _takes(
@@ -508,13 +523,20 @@ class Pipeline:
         finally:
             timings.append(time.perf_counter() - started)
 
-    async def _record(self, result: StageResult, metrics: MetricsBatch) -> None:
-        """Dead letters first, then the ledger (and the retries it schedules), then metrics."""
+    async def _record(
+        self, result: StageResult, metrics: MetricsBatch, *, flush: bool = True
+    ) -> None:
+        """Dead letters first, then the ledger (and the retries it schedules), then metrics
+        (unless the caller flushes them later, with more)."""
         await self.dead_letters.add(result.dead, result.dead_payloads)
         if self.ledger is not None:
             recorded = await self.ledger.record(result.events, result.retries)
             result.retries_scheduled = True
             observe_latencies(result.events, recorded, metrics, time.time())
+        if flush:
+            await self._flush(metrics)
+
+    async def _flush(self, metrics: MetricsBatch) -> None:
         if self.metrics_redis is not None:
             await metrics.flush(self.metrics_redis)
 
