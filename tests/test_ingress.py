@@ -691,6 +691,7 @@ def test_config_defaults(clean_env: pytest.MonkeyPatch) -> None:
     assert config.max_body_bytes == 1024 * 1024
     assert config.dedupe_ttl_s == 7 * 24 * 3600
     assert config.broker_timeout_s == 0.5
+    assert (config.batch_window_ms, config.batch_max) == (5, 100)
 
 
 def test_config_from_the_environment(clean_env: pytest.MonkeyPatch) -> None:
@@ -699,6 +700,8 @@ def test_config_from_the_environment(clean_env: pytest.MonkeyPatch) -> None:
     clean_env.setenv("INGRESS_EVENT_TYPES", " onboarding.completed, purchase.completed ,")
     clean_env.setenv("INGRESS_ACCEPT_SANDBOX", "false")
     clean_env.setenv("INGRESS_MAX_BODY_BYTES", "2048")
+    clean_env.setenv("INGRESS_BATCH_WINDOW_MS", "0.5")
+    clean_env.setenv("INGRESS_BATCH_MAX", "20")
     clean_env.setenv("DEDUPE_TTL_S", "60")
     clean_env.setenv("REDIS_URL", "redis://example:6379/3")
 
@@ -708,6 +711,7 @@ def test_config_from_the_environment(clean_env: pytest.MonkeyPatch) -> None:
     assert config.event_types == frozenset({"onboarding.completed", "purchase.completed"})
     assert config.accept_sandbox is False
     assert config.max_body_bytes == 2048
+    assert (config.batch_window_ms, config.batch_max) == (0.5, 20)
     assert config.dedupe_ttl_s == 60
     assert config.redis_url == "redis://example:6379/3"
 
@@ -727,6 +731,10 @@ def test_no_secret_refuses_to_start(clean_env: pytest.MonkeyPatch) -> None:
         ("INGRESS_MAX_BODY_BYTES", "secret_lots"),
         ("INGRESS_EVENT_TYPES", " , "),
         ("INGRESS_ACCEPT_SANDBOX", "secret_maybe"),
+        ("INGRESS_BATCH_WINDOW_MS", "-1"),
+        ("INGRESS_BATCH_WINDOW_MS", "secret_soon"),
+        ("INGRESS_BATCH_MAX", "0"),
+        ("INGRESS_BATCH_MAX", "1001"),
     ],
 )
 def test_bad_values_name_their_variable(
