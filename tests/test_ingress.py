@@ -32,7 +32,8 @@ from worker.ingress.markers import PENDING_TTL_S
 from worker.ingress.openapi import PUBLISHED, openapi_document, render
 from worker.ingress.service import create_app
 from worker.keys import event_key, ledger_conversions_key, ledger_key
-from worker.producer import BATCH_TASK_NAME, QUEUE, TASK_NAME
+from worker.producer import BATCH_TASK_NAME, QUEUE
+from worker.work import Work
 
 WEBHOOK = "/webhooks/funnelfox"
 AUTH = {"Fox-Secret-Key": FOX_SECRET}
@@ -102,9 +103,15 @@ class FailingPublisher:
 
     def __init__(self) -> None:
         self.calls = 0
+        self.batches: list[list[str]] = []  # the unit ids of each publish_many
 
     def publish(self, session_id: str, trigger: dict[str, Any], event: object = None) -> None:
         self.calls += 1
+        raise ConnectionError("broker refused the connection")
+
+    def publish_many(self, works: list[Work]) -> None:
+        self.calls += 1
+        self.batches.append([w.session_id for w in works])
         raise ConnectionError("broker refused the connection")
 
     def close(self) -> None:
@@ -154,32 +161,30 @@ def test_an_event_is_queued_with_its_trigger(
         "event_id": "evt_01HZX3P7Q0V1M2N3B4C5D6E7F8",
         "type": "onboarding.completed",
     }
-    assert queued(redis_client) == [
-        (
-            TASK_NAME,
-            ["ses_01HZX3P7Q0V1M2N3B4C5D6E7SS"],
-            {
-                "trigger": {
-                    "event_id": "evt_01HZX3P7Q0V1M2N3B4C5D6E7F8",
-                    "type": "onboarding.completed",
-                    "created_at": 1716672462,
-                    "is_sandbox": False,
-                    "project_id": "01HZX3P7Q0V1M2N3B4C5D6E7PR",
-                    "funnel_id": "01HZX3P7Q0V1M2N3B4C5D6E7FN",
-                    "profile_id": "pro_01HZX3P7Q0V1M2N3B4C5D6E7PF",
-                }
-            },
-        )
-    ]
+    [(task, [[item]], kwargs)] = queued(redis_client)
+    assert (task, kwargs) == (BATCH_TASK_NAME, {})
+    assert abs(item.pop("first_seen_at") - time.time()) < 60
+    assert item == {
+        "id": "ses_01HZX3P7Q0V1M2N3B4C5D6E7SS",
+        "trigger": {
+            "event_id": "evt_01HZX3P7Q0V1M2N3B4C5D6E7F8",
+            "type": "onboarding.completed",
+            "created_at": 1716672462,
+            "is_sandbox": False,
+            "project_id": "01HZX3P7Q0V1M2N3B4C5D6E7PR",
+            "funnel_id": "01HZX3P7Q0V1M2N3B4C5D6E7FN",
+            "profile_id": "pro_01HZX3P7Q0V1M2N3B4C5D6E7PF",
+        },
+    }
 
 
 def test_optional_context_may_be_missing(client: httpx.Client, redis_client: redis.Redis) -> None:
     body = {"id": "evt_min", "type": "onboarding.completed", "session_id": "ses_min"}
 
     assert client.post(WEBHOOK, json=body, headers=AUTH).status_code == 202
-    [(_, args, kwargs)] = queued(redis_client)
-    assert args == ["ses_min"]
-    assert kwargs["trigger"] == {
+    [(_, [[item]], _)] = queued(redis_client)
+    assert item["id"] == "ses_min"
+    assert item["trigger"] == {
         "event_id": "evt_min",
         "type": "onboarding.completed",
         "created_at": None,
@@ -250,6 +255,76 @@ def test_distinct_events_for_one_session_are_each_queued(
     for event_id in ("evt_a", "evt_b"):
         assert client.post(WEBHOOK, json=event(id=event_id), headers=AUTH).status_code == 202
     assert len(queued(redis_client)) == 2
+
+
+# -- coalescing: events accepted together share one message ---------------------------------------
+
+
+def post_together(client: httpx.Client, bodies: list[dict[str, Any]]) -> list[httpx.Response]:
+    """POST every body at once, one thread each; the answers in the bodies' order."""
+    with ThreadPoolExecutor(len(bodies)) as pool:
+        return list(pool.map(lambda body: client.post(WEBHOOK, json=body, headers=AUTH), bodies))
+
+
+def sessions(count: int) -> list[dict[str, Any]]:
+    return [event(id=f"evt_co{n:02d}", session_id=f"ses_co{n:02d}") for n in range(count)]
+
+
+def test_events_posted_together_are_queued_in_fewer_messages(
+    serve: Callable[..., httpx.Client], config: IngressConfig, redis_client: redis.Redis
+) -> None:
+    types = frozenset({"onboarding.completed", *CONVERSION_TYPES})
+    # A window wide enough that a loaded machine still lands several events in each.
+    client = serve(replace(config, event_types=types, batch_window_ms=100, batch_max=8))
+    bodies = [*sessions(19), conversion()]  # a conversion rides with the sessions
+    units = [b.get("session_id", b["id"]) for b in bodies]
+
+    answers = post_together(client, bodies)
+
+    assert [a.status_code for a in answers] == [202] * 20
+    messages = queued(redis_client)
+    assert len(messages) < 20
+    assert {task for task, _, _ in messages} == {BATCH_TASK_NAME}
+    assert all(len(items) <= 8 for _, [items], _ in messages)
+    items = {item["id"]: item for _, [batch], _ in messages for item in batch}
+    assert sorted(items) == sorted(units)
+    assert items[bodies[-1]["id"]]["event"]["type"] == "subscription.active"
+    for body, unit in zip(bodies, units, strict=True):
+        assert items[unit]["trigger"]["event_id"] == body["id"]
+        entry = redis_client.hgetall(ledger_key(unit))
+        assert (entry[b"st"], entry[b"s"]) == (b"queued", b"ingress")
+        assert redis_client.get(event_key(body["id"])) == b"enqueued"
+
+
+def test_window_zero_queues_each_event_in_a_message_of_its_own(
+    serve: Callable[..., httpx.Client], config: IngressConfig, redis_client: redis.Redis
+) -> None:
+    client = serve(replace(config, batch_window_ms=0))
+
+    answers = post_together(client, sessions(10))
+
+    assert [a.status_code for a in answers] == [202] * 10
+    assert sorted(len(items) for _, [items], _ in queued(redis_client)) == [1] * 10
+
+
+def test_a_batch_the_broker_refuses_gives_every_event_back(
+    serve: Callable[..., httpx.Client], config: IngressConfig, redis_client: redis.Redis
+) -> None:
+    broken = FailingPublisher()
+    failing = serve(replace(config, batch_window_ms=100), publisher=broken)
+    bodies = sessions(8)
+
+    answers = post_together(failing, bodies)
+
+    assert [a.status_code for a in answers] == [503] * 8
+    assert {a.json()["error"] for a in answers} == {"broker_unavailable"}
+    assert all(a.headers["retry-after"] for a in answers)
+    assert len(broken.batches) < 8  # shared batches, each failing all of its events
+    assert sorted(u for batch in broken.batches for u in batch) == [b["session_id"] for b in bodies]
+    # Every marker is gone, so FunnelFox's next delivery of each is taken, not a duplicate.
+    assert nothing_queued(redis_client)
+    working = serve(config)
+    assert [a.status_code for a in post_together(working, bodies)] == [202] * 8
 
 
 # -- conversions: purchase and subscription events, each its own unit ----------------------------
@@ -392,7 +467,7 @@ def test_event_types_are_configurable(
 
     assert ignored.json()["status"] == "ignored"
     assert taken.status_code == 202
-    assert [kwargs["trigger"]["type"] for _, _, kwargs in queued(redis_client)] == [
+    assert [item["trigger"]["type"] for _, [[item]], _ in queued(redis_client)] == [
         "onboarding.started"
     ]
 
@@ -415,8 +490,8 @@ def test_sandbox_events_are_taken_by_default(
     client: httpx.Client, redis_client: redis.Redis
 ) -> None:
     assert client.post(WEBHOOK, json=event(is_sandbox=True), headers=AUTH).status_code == 202
-    [(_, _, kwargs)] = queued(redis_client)
-    assert kwargs["trigger"]["is_sandbox"] is True
+    [(_, [[item]], _)] = queued(redis_client)
+    assert item["trigger"]["is_sandbox"] is True
 
 
 # -- refused requests: a status each, nothing queued ---------------------------------------------
@@ -691,6 +766,7 @@ def test_config_defaults(clean_env: pytest.MonkeyPatch) -> None:
     assert config.max_body_bytes == 1024 * 1024
     assert config.dedupe_ttl_s == 7 * 24 * 3600
     assert config.broker_timeout_s == 0.5
+    assert (config.batch_window_ms, config.batch_max) == (5, 100)
 
 
 def test_config_from_the_environment(clean_env: pytest.MonkeyPatch) -> None:
@@ -699,6 +775,8 @@ def test_config_from_the_environment(clean_env: pytest.MonkeyPatch) -> None:
     clean_env.setenv("INGRESS_EVENT_TYPES", " onboarding.completed, purchase.completed ,")
     clean_env.setenv("INGRESS_ACCEPT_SANDBOX", "false")
     clean_env.setenv("INGRESS_MAX_BODY_BYTES", "2048")
+    clean_env.setenv("INGRESS_BATCH_WINDOW_MS", "0.5")
+    clean_env.setenv("INGRESS_BATCH_MAX", "20")
     clean_env.setenv("DEDUPE_TTL_S", "60")
     clean_env.setenv("REDIS_URL", "redis://example:6379/3")
 
@@ -708,6 +786,7 @@ def test_config_from_the_environment(clean_env: pytest.MonkeyPatch) -> None:
     assert config.event_types == frozenset({"onboarding.completed", "purchase.completed"})
     assert config.accept_sandbox is False
     assert config.max_body_bytes == 2048
+    assert (config.batch_window_ms, config.batch_max) == (0.5, 20)
     assert config.dedupe_ttl_s == 60
     assert config.redis_url == "redis://example:6379/3"
 
@@ -727,6 +806,10 @@ def test_no_secret_refuses_to_start(clean_env: pytest.MonkeyPatch) -> None:
         ("INGRESS_MAX_BODY_BYTES", "secret_lots"),
         ("INGRESS_EVENT_TYPES", " , "),
         ("INGRESS_ACCEPT_SANDBOX", "secret_maybe"),
+        ("INGRESS_BATCH_WINDOW_MS", "-1"),
+        ("INGRESS_BATCH_WINDOW_MS", "secret_soon"),
+        ("INGRESS_BATCH_MAX", "0"),
+        ("INGRESS_BATCH_MAX", "1001"),
     ],
 )
 def test_bad_values_name_their_variable(

@@ -60,6 +60,9 @@ class Publisher(Protocol):
         """Return once the task is in the broker; raise if it is not. With ``event``, the
         unit is that conversion and ``session_id`` its event id."""
 
+    def publish_many(self, works: Sequence[Work]) -> None:
+        """Return once one message holding every unit is in the broker; raise if it is not."""
+
     def close(self) -> None:
         """Release connections."""
 
@@ -127,19 +130,10 @@ class Producer:
     def publish(
         self, session_id: str, trigger: dict[str, Any], event: Conversion | None = None
     ) -> None:
-        """One ``enrich_session`` (the ingress), or for a conversion an ``enrich_batch`` of
-        its one unit; raises if it did not reach the broker."""
+        """One ``enrich_session``, or for a conversion an ``enrich_batch`` of its one unit;
+        raises if it did not reach the broker."""
         if event is not None:
-            work = Work(session_id, trigger=trigger, event=event)
-            self._accept([Acceptance.of(work)], "ingress")
-            self._send(
-                BATCH_TASK_NAME,
-                ([work.to_message()],),
-                queue=QUEUE,
-                argsrepr=describe([work]),
-                retry=True,
-                retry_policy=_RETRY_POLICY,
-            )
+            self.publish_many([Work(session_id, trigger=trigger, event=event)])
             return
         self._accept([Acceptance(session_id, trigger)], "ingress")
         self._send(
@@ -148,6 +142,25 @@ class Producer:
             {"trigger": trigger},
             queue=QUEUE,
             argsrepr=repr((session_id,)),
+            retry=True,
+            retry_policy=_RETRY_POLICY,
+        )
+
+    def publish_many(self, works: Sequence[Work]) -> None:
+        """One ``enrich_batch`` of units the ingress accepted, recorded in the ledger first;
+        raises if it did not reach the broker. A unit listed twice is sent once, as first
+        listed: twice in one message, both copies would be fetched before either is delivered.
+        """
+        first: dict[str, Work] = {}
+        for work in works:
+            first.setdefault(work.session_id, work)
+        unique = list(first.values())
+        self._accept([Acceptance.of(w) for w in unique], "ingress")
+        self._send(
+            BATCH_TASK_NAME,
+            ([w.to_message() for w in unique],),
+            queue=QUEUE,
+            argsrepr=describe(unique),
             retry=True,
             retry_policy=_RETRY_POLICY,
         )

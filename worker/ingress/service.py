@@ -3,6 +3,8 @@
 Order of checks on ``POST /webhooks/funnelfox``, cheapest and least revealing first:
 secret (401) → size (413) → JSON (400) → envelope (422) → event type / sandbox (200 ignored)
 → session id (422) → dedupe marker (200 duplicate) → publish (202, or 503 when the broker fails).
+Events accepted within INGRESS_BATCH_WINDOW_MS of one another are published as one message
+(``worker.ingress.coalesce``); each is answered once that message is in the broker.
 With REDIS_WAIT_REPLICAS, a 202 or 200 duplicate is sent only once that many replicas hold the
 event's task, so a failover to one of them cannot lose an acknowledged event (else 503).
 
@@ -37,6 +39,7 @@ from worker.conversions import Conversion, conversion_of, is_conversion
 from worker.errors import InvalidSessionId
 from worker.ids import check_session_id
 from worker.ingress.body import BadContentLength, BodyTooLarge, read_limited
+from worker.ingress.coalesce import Coalescer
 from worker.ingress.events import Event, problems
 from worker.ingress.markers import Claim, EventMarkers
 from worker.ingress.openapi import openapi_document
@@ -50,6 +53,7 @@ from worker.redis_clients import (
     sync_client,
     wait_for_replicas,
 )
+from worker.work import Work
 
 log = logging.getLogger("worker.ingress")
 
@@ -81,6 +85,7 @@ class Ingress:
         self._redis: aioredis.Redis | None = None
         self._sync_redis: redis.Redis | None = None
         self._limiter: anyio.CapacityLimiter | None = None
+        self._coalescer: Coalescer[Work] | None = None
         self._document = orjson.dumps(openapi_document())
 
     @asynccontextmanager
@@ -93,6 +98,12 @@ class Ingress:
             self._publisher = Producer.connect(
                 self.config.redis_url, timeout_s=self.config.broker_timeout_s
             )
+        self._coalescer = Coalescer(
+            self._publisher.publish_many,
+            window_s=self.config.batch_window_ms / 1000,
+            max_batch=self.config.batch_max,
+            limiter=self._limiter,
+        )
         log.info(
             "ingress ready: event types %s, sandbox %s",
             ",".join(sorted(self.config.event_types)),
@@ -101,6 +112,8 @@ class Ingress:
         try:
             yield
         finally:
+            # Events still gathered are published, each answered, before the clients close.
+            await self._coalescer.aclose()
             await self._redis.aclose()
             self._publisher.close()
             if self._sync_redis is not None:
@@ -259,14 +272,8 @@ class Ingress:
                 headers={"Retry-After": "5"},
             )
         try:
-            # Celery's publish blocks: a worker thread keeps the loop serving other requests.
-            await anyio.to_thread.run_sync(
-                self._publish,
-                session_id if conversion is None and session_id else event.id,
-                event.trigger(),
-                conversion,
-                limiter=self._limiter,
-            )
+            # Shared with the events accepted beside it: one message, published from a thread.
+            await self._batches().submit(Work(unit_id, trigger=event.trigger(), event=conversion))
         except Exception as exc:
             log.warning(
                 "event %s not enqueued: broker failed (%s)",
@@ -337,14 +344,9 @@ class Ingress:
         log.warning("event %s not acknowledged: %s", event_id, problem, extra=context)
         return False
 
-    def _publish(
-        self, unit_id: str, trigger: dict[str, Any], conversion: Conversion | None
-    ) -> None:
-        assert self._publisher is not None, "set in lifespan"
-        if conversion is None:
-            self._publisher.publish(unit_id, trigger)
-        else:
-            self._publisher.publish(unit_id, trigger, conversion)
+    def _batches(self) -> Coalescer[Work]:
+        assert self._coalescer is not None, "set in lifespan"
+        return self._coalescer
 
     def _markers_redis(self) -> aioredis.Redis:
         assert self._redis is not None, "set in lifespan"
