@@ -20,7 +20,8 @@ from worker.deadletters import DeadLetters
 from worker.fetch import FunnelFoxClient
 from worker.http import HttpSession
 from worker.inline import InlineGate
-from worker.keys import delivered_key
+from worker.keys import delivered_key, ledger_key
+from worker.ledger import Acceptance, Ledger, LedgerWriter
 from worker.pipeline import Pipeline, StageResult
 from worker.ratelimit import FleetRateLimit
 from worker.sinks.base import Delivery, Outcome, Sink
@@ -48,6 +49,7 @@ def fetch_inline(
     *,
     gate: InlineGate,
     limited: Sequence[str] = (),
+    with_ledger: bool = False,
 ) -> tuple[list[StageResult], list[StageResult]]:
     """Run each batch through ``Pipeline.fetch`` with ``on_ready``; return what each fetch
     returned and what it handed to the task layer to publish."""
@@ -64,6 +66,7 @@ def fetch_inline(
             policy=POLICY,
             sink_limits={name: FleetRateLimit(client, rate_per_s=1000) for name in limited},
             inline=gate,
+            ledger=Ledger(client, ttl_s=60) if with_ledger else None,
         )
         try:
             return [await pipeline.fetch(batch, on_ready=handed.append) for batch in batches]
@@ -85,6 +88,34 @@ def test_a_fetch_delivers_its_sessions_itself(redis_url: str, redis_client: redi
     records = delivered_key("webhook", "ses_i1"), delivered_key("stream", "ses_i2")
     assert redis_client.exists(*records) == 2
     assert sorted(result.done).count("ses_i1") == 3  # fetched, then delivered to both
+
+
+def test_a_fetch_and_its_inline_delivery_are_one_ledger_update(
+    redis_url: str, redis_client: redis.Redis
+) -> None:
+    ids = ["ses_l1", "ses_l2", "ses_l3"]
+    LedgerWriter(redis_client).accept([Acceptance(i) for i in ids], "console")
+    hgetall_before = hgetall_calls(redis_client)
+    fetch_inline(
+        redis_url,
+        [RecordingSink("webhook", ok)],
+        [[Work(i) for i in ids]],
+        gate=InlineGate(),
+        with_ledger=True,
+    )
+    # The ledger script reads a session's entry (HGETALL) once per update: once per session.
+    assert hgetall_calls(redis_client) - hgetall_before == len(ids)
+    for session_id in ids:
+        entry = redis_client.hgetall(ledger_key(session_id))
+        assert entry[b"st"] == b"delivered"
+        logged = sorted(
+            v.decode().split(",")[0] for k, v in entry.items() if k[:1] == b"l" and k[1:].isdigit()
+        )
+        assert logged == ["a", "d:webhook", "f"]
+
+
+def hgetall_calls(client: redis.Redis) -> int:
+    return int(client.info("commandstats").get("cmdstat_hgetall", {}).get("calls", 0))
 
 
 def test_a_failed_inline_delivery_is_retried_on_its_destinations_queue(redis_url: str) -> None:

@@ -112,7 +112,8 @@ return old or ''
 """
 
 # Record one stage's outcome for one session and derive its overall state. ARGV:
-#   1 id, 2 now, 3 field (f | d:<name>) or '', 4 its value, 5 log entry or '',
+#   1 id, 2 now, 3 fields (f | d:<name>, comma-separated) or '', 4 their values, in order,
+#   5 log entries (';'-separated) or '',
 #   6 progress expected by (idle score) or '', 7 next attempt at or '',
 #   8 destinations "name=q,name=d" or '', 9 ttl of a finished entry,
 #   10 source if the session was never accepted, 11 its trigger JSON or '',
@@ -132,8 +133,11 @@ local function append(entry)
     redis.call('hset', h, 'l' .. n, string.sub(entry, 1, 63))
     if n > tonumber(ARGV[12]) then redis.call('hdel', h, 'l' .. (n - tonumber(ARGV[12]))) end
 end
+local function append_all()
+    for entry in string.gmatch(ARGV[5], '[^;]+') do append(entry) end
+end
 if old == 'delivered' or old == 'dead' then
-    append(ARGV[5])
+    append_all()
     return {old, old, redis.call('hget', h, 'a')}
 end
 if not old then
@@ -141,16 +145,26 @@ if not old then
     if ARGV[11] ~= '' then redis.call('set', KEYS[5], ARGV[11]) end
     redis.call('zadd', KEYS[2], ARGV[2], ARGV[1])
 end
-if ARGV[3] ~= '' then redis.call('hset', h, ARGV[3], ARGV[4]) end
-redis.call('hset', h, 'u', ARGV[2])
+-- The routed destinations first (never undoing a delivery), then the fields set, in order:
+-- a fetch recorded with its first delivery sets d:<name> after listing <name> as queued.
 if ARGV[8] ~= '' then
     for name, value in string.gmatch(ARGV[8], '([^=,]+)=([^,]+)') do
         local key = 'd:' .. name
         if redis.call('hget', h, key) ~= 'd' then redis.call('hset', h, key, value) end
     end
 end
+if ARGV[3] ~= '' then
+    local values = {}
+    for value in string.gmatch(ARGV[4], '[^,]+') do values[#values + 1] = value end
+    local i = 0
+    for key in string.gmatch(ARGV[3], '[^,]+') do
+        i = i + 1
+        redis.call('hset', h, key, values[i])
+    end
+end
+redis.call('hset', h, 'u', ARGV[2])
 if ARGV[7] ~= '' then redis.call('hset', h, 'n', ARGV[7]) end
-append(ARGV[5])
+append_all()
 local fetch, retrying, queued, dead, destinations = nil, false, false, false, 0
 local all = redis.call('hgetall', h)
 for i = 1, #all, 2 do
@@ -342,21 +356,26 @@ class Ledger:
     ) -> list[Recorded]:
         """Apply every event and schedule every retry (one round trip); what each became.
 
-        A retry's stage is the one its Event names (the last event for that session).
+        A retry's stage is the one its Event names (the last event for that session). A
+        session's events are applied together, in order, as one update: a fetch recorded with
+        its delivery costs Redis one update, not two.
         """
         if not events and not retries:
             return []
         now = time.time()
         stages = {event.work.session_id: event.stage for event in events}
+        units: dict[str, list[Event]] = {}
+        for event in events:
+            units.setdefault(event.work.session_id, []).append(event)
         keys: list[str] = []
         args: list[str | float | int] = []
-        for event in events:
-            keys += _keys(event.work.session_id)
-            args += self._args(event, now)
+        for session_id, its_events in units.items():
+            keys += _keys(session_id)
+            args += self._args(its_events, now)
 
         def fill(pipe: Any) -> None:
             if events:
-                per_unit = [len(keys) // len(events), len(args) // len(events)]
+                per_unit = [len(keys) // len(units), len(args) // len(units)]
                 scripts.call(pipe, self._update_many, keys, [*per_unit, *args])
             # Setting a score and a field again is harmless if a NOSCRIPT makes this run twice.
             for work, delay_s in retries:
@@ -366,23 +385,31 @@ class Ledger:
 
         executed = await scripts.execute(self._redis, fill, [self._update_many])
         replies = executed[0] if events else []
-        return [
-            Recorded(_text(before), _text(after), float(accepted or now))
-            for before, after, accepted in replies
-        ]
+        outcome_of = {
+            session_id: Recorded(_text(before), _text(after), float(accepted or now))
+            for session_id, (before, after, accepted) in zip(units, replies, strict=True)
+        }
+        return [outcome_of[event.work.session_id] for event in events]
 
-    def _args(self, event: Event, now: float) -> list[str | float | int]:
-        work = event.work
+    def _args(self, events: Sequence[Event], now: float) -> list[str | float | int]:
+        """One update applying a session's events in order."""
+        destinations: dict[str, str] = {}
+        for event in events:
+            destinations.update(event.destinations)
+        next_at = [event.next_at for event in events if event.next_at is not None]
         return update_args(
-            work.session_id,
+            events[0].work.session_id,
             now,
-            key=event.key,
-            value=event.value,
-            entry=log_entry(event.stage, event.outcome, event.detail, event.duration_s),
-            next_at=event.next_at,
-            destinations=event.destinations,
+            key=",".join(event.key for event in events if event.key),
+            value=",".join(event.value for event in events if event.key),
+            entry=";".join(
+                log_entry(event.stage, event.outcome, event.detail, event.duration_s)
+                for event in events
+            ),
+            next_at=next_at[-1] if next_at else None,
+            destinations=destinations,
             ttl_s=self._ttl_s,
-            context=work.context(),
+            context=events[0].work.context(),
         )
 
 

@@ -7,6 +7,7 @@ again after a delay, or dead-letter) and the task layer only carries those decis
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import re
 import time
@@ -177,14 +178,7 @@ class Pipeline:
             for seconds in timings:
                 metrics.observe("fetch_duration_seconds", seconds)
             timings.clear()
-            if self.enrichments is not None:
-                await self.enrichments.put_many(kept)
-            # Metrics are written once, at the end, with the inline deliveries' own: a round
-            # trip less per wave (what one batch adds shows up a few seconds later at most).
-            await self._record(wave, metrics, flush=False)
-            if on_ready is not None:
-                delivering += self._deliver_inline(wave, metrics)
-                await _hand_over(wave, on_ready)
+            delivering += await self._finish_wave(wave, metrics, kept, on_ready)
             total.merge(wave)
             wave = StageResult()
         for delivered in await asyncio.gather(*delivering):
@@ -194,11 +188,36 @@ class Pipeline:
         await self._flush(metrics)
         return total
 
+    async def _finish_wave(
+        self,
+        wave: StageResult,
+        metrics: MetricsBatch,
+        kept: list[tuple[str, Enriched]],
+        on_ready: Callable[[StageResult], None] | None,
+    ) -> list[asyncio.Future[StageResult]]:
+        """Keep the wave's enrichments, start its inline deliveries, record it and hand the
+        rest over; the inline deliveries under way."""
+        if self.enrichments is not None:
+            await self.enrichments.put_many(kept)
+        delivering = self._deliver_inline(wave, metrics) if on_ready is not None else []
+        # Metrics are written once, at the end, with the inline deliveries' own: a round trip
+        # less per wave (what one batch adds shows up a few seconds later at most).
+        await self._record(wave, metrics, flush=False)
+        if on_ready is not None:
+            await _hand_over(wave, on_ready)
+        return delivering
+
     def _deliver_inline(
         self, wave: StageResult, metrics: MetricsBatch
     ) -> list[asyncio.Future[StageResult]]:
         """Start the first delivery of a wave's sessions here, for each destination that takes
-        it (the rest stay in ``wave.deliveries``, for their queues)."""
+        it (the rest stay in ``wave.deliveries``, for their queues).
+
+        A session's fetch is then recorded in the ledger with its first inline delivery, as one
+        update: taken out of ``wave.events`` here. Until then the ledger shows it queued; if the
+        process dies in between, the reconciler publishes it again and its delivery records
+        keep it from being delivered twice.
+        """
         if self.inline is None:
             return []
         inline = [
@@ -206,19 +225,35 @@ class Pipeline:
             for sink in wave.deliveries
             if sink in self.sinks and sink not in self.sink_limits and self.inline.allows(sink)
         ]
+        first_sink: dict[str, str] = {}
+        for sink in inline:
+            for work in wave.deliveries[sink]:
+                first_sink.setdefault(work.session_id, sink)
+        held: dict[str, list[Event]] = {sink: [] for sink in inline}
+        kept = []
+        for event in wave.events:
+            holder = first_sink.get(event.work.session_id)
+            if holder is not None and event.stage == "fetch" and event.outcome == "ok":
+                held[holder].append(event)
+            else:
+                kept.append(event)
+        wave.events = kept
         return [
-            asyncio.ensure_future(self._deliver_here(sink, wave.deliveries.pop(sink), metrics))
+            asyncio.ensure_future(
+                self._deliver_here(sink, wave.deliveries.pop(sink), metrics, held[sink])
+            )
             for sink in inline
         ]
 
     async def _deliver_here(
-        self, sink: str, works: list[Work], metrics: MetricsBatch
+        self, sink: str, works: list[Work], metrics: MetricsBatch, fetched: list[Event]
     ) -> StageResult:
-        """One destination's inline delivery; its retries go to the destination's queue."""
+        """One destination's inline delivery, recorded with ``fetched`` (those sessions' fetch
+        events); its retries go to the destination's queue."""
         assert self.inline is not None, "only started with a gate"
         started = time.monotonic()
         try:
-            result = await self.deliver(sink, works, metrics=metrics)
+            result = await self.deliver(sink, works, metrics=metrics, fetched=fetched)
         except Exception as exc:
             # Redis failed under the delivery record: the destination's queue takes them, and
             # its task retries the message as a whole, as it would have without inline.
@@ -226,7 +261,10 @@ class Pipeline:
                 "inline delivery failed as a whole; handed to the queue",
                 extra={"stage": f"deliver:{sink}", "outcome": type(exc).__name__},
             )
-            return StageResult(deliveries={sink: works})
+            handed = StageResult(deliveries={sink: works}, events=fetched)
+            with contextlib.suppress(Exception):  # else the reconciler sees to them
+                await self._record(handed, metrics, flush=False)
+            return handed
         self.inline.observe(sink, time.monotonic() - started)
         result.delivery_retries = {sink: result.retries} if result.retries else {}
         result.retries = []
@@ -362,15 +400,20 @@ class Pipeline:
         return work.event is not None or work.trigger is not None
 
     async def deliver(
-        self, sink_name: str, batch: Sequence[Work], *, metrics: MetricsBatch | None = None
+        self,
+        sink_name: str,
+        batch: Sequence[Work],
+        *,
+        metrics: MetricsBatch | None = None,
+        fetched: Sequence[Event] = (),
     ) -> StageResult:
         """Deliver built payloads to one sink, each session at most once while its record lives.
 
         With ``metrics`` (a fetch's inline delivery), what it counts is added there and written
-        by the caller.
+        by the caller; ``fetched`` are ledger events recorded first, with the delivery's.
         """
         flush = metrics is None
-        result = StageResult()
+        result = StageResult(events=list(fetched))
         metrics = metrics if metrics is not None else MetricsBatch()
         stage = f"deliver:{sink_name}"
         sink = self.sinks.get(sink_name)
