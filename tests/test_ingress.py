@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import os
@@ -33,6 +34,7 @@ from worker.ingress.openapi import PUBLISHED, openapi_document, render
 from worker.ingress.service import create_app
 from worker.keys import event_key, ledger_conversions_key, ledger_key
 from worker.producer import BATCH_TASK_NAME, QUEUE
+from worker.redis_clients import async_fail_fast_client
 from worker.work import Work
 
 WEBHOOK = "/webhooks/funnelfox"
@@ -766,7 +768,7 @@ def test_config_defaults(clean_env: pytest.MonkeyPatch) -> None:
     assert config.max_body_bytes == 1024 * 1024
     assert config.dedupe_ttl_s == 7 * 24 * 3600
     assert config.broker_timeout_s == 0.5
-    assert (config.batch_window_ms, config.batch_max) == (5, 100)
+    assert (config.batch_window_ms, config.batch_max) == (50, 100)
 
 
 def test_config_from_the_environment(clean_env: pytest.MonkeyPatch) -> None:
@@ -837,3 +839,20 @@ def test_the_web_process_loads_no_enrichment(redis_url: str) -> None:
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "[]"
+
+
+def test_a_burst_beyond_the_ingress_redis_pool_waits_for_a_connection(redis_url: str) -> None:
+    """More requests at once than pooled connections queue for one (they were answered 503
+    with MaxConnectionsError, as if Redis were down)."""
+
+    async def burst() -> list[object]:
+        client = async_fail_fast_client(redis_url, timeout_s=5)
+        try:
+            # Each holds its connection for 0.2 s: 100 of them need 64 connections twice over.
+            return await asyncio.gather(
+                *(client.blpop(["ffe:test:nothing"], 0.2) for _ in range(100))
+            )
+        finally:
+            await client.aclose()
+
+    assert asyncio.run(burst()) == [None] * 100

@@ -54,6 +54,9 @@ def async_fail_fast_client(url: str, timeout_s: float) -> aioredis.Redis:
         retry=AsyncRetry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)),
         health_check_interval=30,
         max_connections=64,
+        # A burst of requests waits its turn for a connection instead of failing with
+        # MaxConnectionsError (answered 503 as if Redis were down).
+        pool_wait_s=timeout_s,
     )
 
 
@@ -198,8 +201,11 @@ class _AsyncSentinelRedis(aioredis.Redis):
             await self.sentinel_manager.aclose()
 
 
-def _async_client(url: str, **options: Any) -> aioredis.Redis:
+def _async_client(url: str, *, pool_wait_s: float | None = None, **options: Any) -> aioredis.Redis:
     sentinel = parse_sentinel_url(url)
+    if sentinel is None and pool_wait_s is not None:
+        pool = aioredis.BlockingConnectionPool.from_url(url, timeout=pool_wait_s, **options)
+        return aioredis.Redis.from_pool(pool)  # closed with the client
     if sentinel is None:
         return aioredis.Redis.from_url(url, **options)
     manager = AsyncSentinel(  # type: ignore[no-untyped-call]
