@@ -33,7 +33,7 @@ CONTESTANTS = ("ours", "ledger", "floor", "textbook", "noop", "live")
 Run = Callable[[contestants.Bench, float], Outcome]
 SESSIONS = 20_000
 QUICK_SESSIONS = 2_000
-RATES = "100,300,500,1000"
+RATES = "100,300,500,700,1000"
 LIVE_DURATION_S = 15.0
 QUICK_LIVE_DURATION_S = 5.0
 

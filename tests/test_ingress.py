@@ -70,6 +70,14 @@ def queued(client: redis.Redis) -> list[tuple[str, list[Any], dict[str, Any]]]:
     return messages
 
 
+def queued_ids(client: redis.Redis) -> list[str]:
+    """The session ids of every message waiting in the enrich queue, oldest first."""
+    ids: list[str] = []
+    for task, args, _ in queued(client):
+        ids += [item["id"] for item in args[0]] if task == BATCH_TASK_NAME else [args[0]]
+    return ids
+
+
 def nothing_queued(client: redis.Redis) -> bool:
     """No task in the queue and no event marker left behind."""
     return client.llen(QUEUE) == 0 and not client.keys("ffe:event:*")

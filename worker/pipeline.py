@@ -213,10 +213,12 @@ class Pipeline:
         """Start the first delivery of a wave's sessions here, for each destination that takes
         it (the rest stay in ``wave.deliveries``, for their queues).
 
-        A session's fetch is then recorded in the ledger with its first inline delivery, as one
-        update: taken out of ``wave.events`` here. Until then the ledger shows it queued; if the
-        process dies in between, the reconciler publishes it again and its delivery records
-        keep it from being delivered twice.
+        A session going to one destination, inline, has its fetch recorded in the ledger with
+        that delivery, as one update: taken out of ``wave.events`` here. Until then the ledger
+        shows it queued; if the process dies in between, the reconciler publishes it again and
+        its delivery records keep it from being delivered twice. A session going to several
+        destinations has its fetch recorded first, as before, so that no destination's outcome
+        is ever logged ahead of the fetch.
         """
         if self.inline is None:
             return []
@@ -225,14 +227,16 @@ class Pipeline:
             for sink in wave.deliveries
             if sink in self.sinks and sink not in self.sink_limits and self.inline.allows(sink)
         ]
-        first_sink: dict[str, str] = {}
-        for sink in inline:
-            for work in wave.deliveries[sink]:
-                first_sink.setdefault(work.session_id, sink)
+        routes: dict[str, list[str]] = {}
+        for sink, works in wave.deliveries.items():
+            for work in works:
+                routes.setdefault(work.session_id, []).append(sink)
+        only = {sid: sinks[0] for sid, sinks in routes.items() if len(sinks) == 1}
         held: dict[str, list[Event]] = {sink: [] for sink in inline}
         kept = []
         for event in wave.events:
-            holder = first_sink.get(event.work.session_id)
+            holder = only.get(event.work.session_id)
+            holder = holder if holder in held else None
             if holder is not None and event.stage == "fetch" and event.outcome == "ok":
                 held[holder].append(event)
             else:
