@@ -20,7 +20,7 @@ from worker.deadletters import DeadLetters
 from worker.fetch import FunnelFoxClient
 from worker.http import HttpSession
 from worker.inline import InlineGate
-from worker.keys import delivered_key, ledger_key
+from worker.keys import DUE, claim_key, delivered_key, ledger_key
 from worker.ledger import Acceptance, Ledger, LedgerWriter
 from worker.pipeline import Pipeline, StageResult
 from worker.ratelimit import FleetRateLimit
@@ -112,6 +112,18 @@ def test_a_fetch_and_its_inline_delivery_are_one_ledger_update(
             v.decode().split(",")[0] for k, v in entry.items() if k[:1] == b"l" and k[1:].isdigit()
         )
         assert logged == ["a", "d:webhook", "f"]
+
+
+def test_a_delivery_another_worker_holds_is_looked_at_again_as_a_delivery(
+    redis_url: str, redis_client: redis.Redis
+) -> None:
+    LedgerWriter(redis_client).accept([Acceptance("ses_held")], "console")
+    redis_client.set(claim_key("webhook", "ses_held"), "another-worker", px=5000)
+    sink = RecordingSink("webhook", ok)
+    fetch_inline(redis_url, [sink], [[Work("ses_held")]], gate=InlineGate(), with_ledger=True)
+    assert sink.received == []
+    # Scheduled as the webhook's delivery (it was scheduled as a fetch, fetched again).
+    assert [m.decode() for m in redis_client.zrange(DUE, 0, -1)] == ["deliver:webhook|ses_held"]
 
 
 def hgetall_calls(client: redis.Redis) -> int:

@@ -437,7 +437,11 @@ class Pipeline:
                 result.events.append(Event(work, stage, "skipped", field_name, "d"))
             elif state == "busy":
                 # Another worker is delivering it right now; look again once its lease ends.
+                # Logged without setting the destination's state, which that worker records;
+                # the event names the stage, so the retry is this delivery's, not a refetch.
                 result.retries.append((work, self.claim_wait_s))
+                due = time.time() + self.claim_wait_s
+                result.events.append(Event(work, stage, "busy", next_at=due))
         metrics.inc("sessions_skipped", len(result.skipped), stage=stage)
         outcomes = await self._paced_deliver(sink, claimed)
         released, unreachable = [], 0
