@@ -115,10 +115,6 @@ class FailingPublisher:
         self.calls = 0
         self.batches: list[list[str]] = []  # the unit ids of each publish_many
 
-    def publish(self, session_id: str, trigger: dict[str, Any], event: object = None) -> None:
-        self.calls += 1
-        raise ConnectionError("broker refused the connection")
-
     def publish_many(self, works: list[Work]) -> None:
         self.calls += 1
         self.batches.append([w.session_id for w in works])

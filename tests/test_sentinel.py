@@ -17,7 +17,7 @@ import redis
 from conftest import FOX_SECRET
 from processes import run_cli
 from pydantic import SecretStr
-from test_ingress import AUTH, WEBHOOK, LiveServer, event, queued, queued_ids
+from test_ingress import AUTH, WEBHOOK, LiveServer, event, queued_ids
 
 from config.ingress import IngressConfig
 from worker.ingress.service import create_app
@@ -33,6 +33,7 @@ from worker.redis_clients import (
     wait_for_replicas,
     wait_for_replicas_sync,
 )
+from worker.work import Work
 from workshop.sentinel import SentinelCluster
 
 pytestmark = [pytest.mark.sentinel]
@@ -58,7 +59,7 @@ def test_every_client_follows_a_failover(sentinel_cluster: SentinelCluster) -> N
     blocking = sync_client(url, timeout_s=1, connect_timeout_s=1)
     producer = Producer.connect(url, timeout_s=0.5)
     blocking.set("before", 1)
-    producer.publish("ses_before", {})
+    producer.publish_many([Work("ses_before")])
     loop = asyncio.new_event_loop()
     pooled = async_client(url, timeout_s=1, connect_timeout_s=1)
     fail_fast = async_fail_fast_client(url, 0.5)
@@ -70,7 +71,7 @@ def test_every_client_follows_a_failover(sentinel_cluster: SentinelCluster) -> N
         new = sentinel_cluster.wait_for_new_primary(old)
 
         until_it_works(lambda: blocking.set("after", 1))
-        until_it_works(lambda: producer.publish("ses_after", {}))
+        until_it_works(lambda: producer.publish_many([Work("ses_after")]))
         for client in (pooled, fail_fast):
             until_it_works(lambda c=client: loop.run_until_complete(c.incr("async")))
         require_reachable(url)
@@ -85,7 +86,7 @@ def test_every_client_follows_a_failover(sentinel_cluster: SentinelCluster) -> N
     assert direct.get("before") == b"1"
     assert direct.get("after") == b"1"
     assert int(direct.get("async") or 0) >= 4
-    assert [args[0] for _, args, _ in queued(direct)] == ["ses_before", "ses_after"]
+    assert queued_ids(direct) == ["ses_before", "ses_after"]
     direct.close()
 
 

@@ -16,14 +16,12 @@ from typing import Any, Protocol
 from celery import Celery
 from kombu.entity import Exchange, Queue
 
-from worker.conversions import Conversion
 from worker.keys import FETCH_QUEUE, QUEUED_AT_HEADER, delivery_queue
 from worker.ledger import Acceptance, LedgerWriter
 from worker.redis_clients import kombu_broker, sync_client
 from worker.work import Work
 
 QUEUE = FETCH_QUEUE
-TASK_NAME = "worker.tasks.enrich_session"
 BATCH_TASK_NAME = "worker.tasks.enrich_batch"
 DELIVER_TASK_NAME = "worker.tasks.deliver"
 POOL_SIZE = 16
@@ -53,12 +51,6 @@ def describe(batch: Sequence[Work]) -> str:
 
 class Publisher(Protocol):
     """Where the ingress sends tasks; a stub in tests that need a broken broker and Redis up."""
-
-    def publish(
-        self, session_id: str, trigger: dict[str, Any], event: Conversion | None = None
-    ) -> None:
-        """Return once the task is in the broker; raise if it is not. With ``event``, the
-        unit is that conversion and ``session_id`` its event id."""
 
     def publish_many(self, works: Sequence[Work]) -> None:
         """Return once one message holding every unit is in the broker; raise if it is not."""
@@ -97,7 +89,7 @@ _RETRY_POLICY = {"max_retries": 1, "interval_start": 0, "interval_step": 0, "int
 
 
 class Producer:
-    """Sends ``enrich_session``, ``enrich_batch`` and ``deliver`` messages by name.
+    """Sends ``enrich_batch`` and ``deliver`` messages by name.
 
     An entry point's producer (``connect``) records each session it accepts in the ledger
     before publishing it: a crash between the two leaves a session the ledger knows and the
@@ -126,25 +118,6 @@ class Producer:
                 yield self
             finally:
                 self._producer = None
-
-    def publish(
-        self, session_id: str, trigger: dict[str, Any], event: Conversion | None = None
-    ) -> None:
-        """One ``enrich_session``, or for a conversion an ``enrich_batch`` of its one unit;
-        raises if it did not reach the broker."""
-        if event is not None:
-            self.publish_many([Work(session_id, trigger=trigger, event=event)])
-            return
-        self._accept([Acceptance(session_id, trigger)], "ingress")
-        self._send(
-            TASK_NAME,
-            (session_id,),
-            {"trigger": trigger},
-            queue=QUEUE,
-            argsrepr=repr((session_id,)),
-            retry=True,
-            retry_policy=_RETRY_POLICY,
-        )
 
     def publish_many(self, works: Sequence[Work]) -> None:
         """One ``enrich_batch`` of units the ingress accepted, recorded in the ledger first;
