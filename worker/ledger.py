@@ -227,10 +227,6 @@ return out
 )
 
 
-# Which of update_args' values _UPDATE_MANY takes per unit (the others are shared).
-_PER_UNIT_ARGS = (0, 2, 3, 4, 5, 6, 7, 10)
-
-
 def _keys(unit_id: str, session_of: str | None = None) -> list[str]:
     """The scripts' keys; the sixth lists the conversions of ``session_of`` (a conversion's
     session), else of the unit itself (unused)."""
@@ -379,8 +375,7 @@ class Ledger:
         args: list[str | float | int] = [now, self._ttl_s, "foreign", LOG_MAX_ENTRIES]
         for session_id, its_events in units.items():
             keys += [ledger_key(session_id), ledger_trigger_key(session_id)]
-            update = self._args(its_events, now)
-            args += [update[i] for i in _PER_UNIT_ARGS]
+            args += _unit_args(its_events)
 
         def fill(pipe: Any) -> None:
             if events:
@@ -399,58 +394,55 @@ class Ledger:
             outcome_of[session_id] = Recorded(before, after, float(accepted or now))
         return [outcome_of[event.work.session_id] for event in events]
 
-    def _args(self, events: Sequence[Event], now: float) -> list[str | float | int]:
-        """One update applying a session's events in order."""
-        destinations: dict[str, str] = {}
-        for event in events:
-            destinations.update(event.destinations)
-        next_at = [event.next_at for event in events if event.next_at is not None]
-        return update_args(
-            events[0].work.session_id,
-            now,
-            key=",".join(event.key for event in events if event.key),
-            value=",".join(event.value for event in events if event.key),
-            entry=";".join(
-                log_entry(event.stage, event.outcome, event.detail, event.duration_s)
-                for event in events
-            ),
-            next_at=next_at[-1] if next_at else None,
-            destinations=destinations,
-            ttl_s=self._ttl_s,
-            context=events[0].work.context(),
-        )
+
+def _unit_args(events: Sequence[Event]) -> list[str | float | int]:
+    """_UPDATE_MANY's arguments for one session: its events applied together, in order."""
+    destinations: dict[str, str] = {}
+    for event in events:
+        destinations.update(event.destinations)
+    next_at = [event.next_at for event in events if event.next_at is not None]
+    return _own_args(
+        events[0].work.session_id,
+        key=",".join(event.key for event in events if event.key),
+        value=",".join(event.value for event in events if event.key),
+        entry=";".join(
+            log_entry(event.stage, event.outcome, event.detail, event.duration_s)
+            for event in events
+        ),
+        next_at=next_at[-1] if next_at else None,
+        destinations=destinations,
+        context=events[0].work.context(),
+    )
 
 
-def update_args(
+def _own_args(
     session_id: str,
-    now: float,
     *,
     key: str = "",
     value: str = "",
     entry: str = "",
     next_at: float | None = None,
-    expected_by: float | None = None,
     destinations: dict[str, str] | None = None,
-    ttl_s: int,
     context: dict[str, Any] | None = None,
 ) -> list[str | float | int]:
-    """The _UPDATE script's arguments, in its order (``context``: ``Work.context()``)."""
-    if expected_by is None:
-        expected_by = next_at
+    """What one session's update has of its own: _UPDATE's ARGV 1, 3-8 and 11, in order
+    (progress is expected by the next attempt, when there is one)."""
+    due: str | float = "" if next_at is None else next_at
     return [
         session_id,
-        now,
         key,
         value,
         entry,
-        "" if expected_by is None else expected_by,
-        "" if next_at is None else next_at,
+        due,
+        due,
         ",".join(f"{name}={state}" for name, state in (destinations or {}).items()),
-        ttl_s,
-        "foreign",
         orjson.dumps(context).decode() if context else "",
-        LOG_MAX_ENTRIES,
     ]
+
+
+def update_args(own: list[str | float | int], now: float, ttl_s: int) -> list[str | float | int]:
+    """_UPDATE's arguments, in its order: a session's own (``_own_args``) and the shared ones."""
+    return [own[0], now, *own[1:7], ttl_s, "foreign", own[7], LOG_MAX_ENTRIES]
 
 
 class LedgerWriter:
@@ -471,7 +463,7 @@ class LedgerWriter:
         entry = log_entry(stage, outcome)
         with self._redis.pipeline(transaction=False) as pipe:
             for session_id in session_ids:
-                args = update_args(session_id, now, entry=entry, ttl_s=self._ttl_s)
+                args = update_args(_own_args(session_id, entry=entry), now, self._ttl_s)
                 self._update(_keys(session_id), args, client=pipe)
             pipe.execute()
 
