@@ -236,8 +236,7 @@ class Pipeline:
         kept = []
         for event in wave.events:
             holder = only.get(event.work.session_id)
-            holder = holder if holder in held else None
-            if holder is not None and event.stage == "fetch" and event.outcome == "ok":
+            if holder in held and event.stage == "fetch" and event.outcome == "ok":
                 held[holder].append(event)
             else:
                 kept.append(event)

@@ -203,6 +203,8 @@ class _AsyncSentinelRedis(aioredis.Redis):
 
 def _async_client(url: str, *, pool_wait_s: float | None = None, **options: Any) -> aioredis.Redis:
     sentinel = parse_sentinel_url(url)
+    # Only a direct URL waits for a pooled connection: redis-py's Sentinel pool has no blocking
+    # form, so through Sentinel a burst past max_connections still fails at once.
     if sentinel is None and pool_wait_s is not None:
         pool = aioredis.BlockingConnectionPool.from_url(url, timeout=pool_wait_s, **options)
         return aioredis.Redis.from_pool(pool)  # closed with the client
