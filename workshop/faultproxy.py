@@ -24,11 +24,12 @@ import random
 import signal
 import socket
 import threading
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Self
 
-from workshop.server import new_event_loop
+from workshop.server import LoopThread, new_event_loop
 
 CHUNK_BYTES = 65536
 
@@ -109,11 +110,7 @@ class FaultProxy:
         self._request_cuts = 0
         self._reply_cuts = 0
         self._links: set[_Link] = set()
-        self._thread: threading.Thread | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._stopping: asyncio.Event | None = None
-        self._started = threading.Event()
-        self._error: BaseException | None = None
+        self._serving = LoopThread(self._serve, name="the fault proxy", port=port)
 
     @property
     def cut_rate(self) -> float:
@@ -213,7 +210,7 @@ class FaultProxy:
 
         For a proxy started with ``start()``; these are not counted as cuts.
         """
-        loop = self._loop
+        loop = self._serving.loop
         if loop is None:
             return 0
 
@@ -229,48 +226,19 @@ class FaultProxy:
 
     def start(self, timeout_s: float = 10.0) -> int:
         """Serve in a daemon thread; the bound port."""
-        if self._thread is not None:
-            raise RuntimeError("the proxy is already started")
-        self._thread = threading.Thread(target=self._run, name="fault-proxy", daemon=True)
-        self._thread.start()
-        if not self._started.wait(timeout_s):
-            raise TimeoutError(f"the proxy did not start within {timeout_s} s")
-        if self._error is not None:
-            raise RuntimeError("the proxy failed to start") from self._error
-        return self.port
+        return self._serving.start(timeout_s)
 
     def stop(self, timeout_s: float = 10.0) -> None:
         """Stop serving (open connections are dropped with the loop)."""
-        loop, stopping, thread = self._loop, self._stopping, self._thread
-        if loop is None or stopping is None or thread is None:
-            return
-        loop.call_soon_threadsafe(stopping.set)
-        thread.join(timeout_s)
-        self._loop = self._stopping = None
-        self._thread = None
+        self._serving.stop(timeout_s)
 
-    def _run(self) -> None:
-        loop = new_event_loop()
-        asyncio.set_event_loop(loop)
-        try:
-            server = loop.run_until_complete(self.listen())
-        except BaseException as exc:  # reported to the thread that called start()
-            self._error = exc
-            self._started.set()
-            loop.close()
-            return
-        self._stopping = asyncio.Event()
-        self._loop = loop
-        self._started.set()
-        try:
-            loop.run_until_complete(self._stopping.wait())
-        finally:
+    async def _serve(self) -> tuple[int, Callable[[], Awaitable[None]]]:
+        server = await self.listen()
+
+        async def close() -> None:
             server.close()
-            tasks = asyncio.all_tasks(loop)
-            for task in tasks:
-                task.cancel()
-            loop.run_until_complete(asyncio.gather(*tasks, return_exceptions=True))
-            loop.close()
+
+        return self.port, close
 
     def __enter__(self) -> Self:
         self.start()

@@ -118,12 +118,16 @@ async def _start(handler: Handler, host: str, port: int) -> tuple[web.ServerRunn
     return runner, runner.addresses[0][1]
 
 
-class ServerThread:
-    """A request handler served on its own event loop in a daemon thread."""
+# Starts serving on the running loop: the bound port, and how to stop serving.
+Serve = Callable[[], Awaitable[tuple[int, Callable[[], Awaitable[None]]]]]
 
-    def __init__(self, handler: Handler, host: str, port: int, *, name: str) -> None:
-        self._handler = handler
-        self._host = host
+
+class LoopThread:
+    """Something served on its own event loop in a daemon thread (the fake servers, the
+    fault proxy)."""
+
+    def __init__(self, serve: Serve, *, name: str, port: int = 0) -> None:
+        self._serve = serve
         self._port = port
         self._name = name
         self._thread: threading.Thread | None = None
@@ -136,6 +140,11 @@ class ServerThread:
     def port(self) -> int:
         """The bound port (known once ``start`` returned)."""
         return self._port
+
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop | None:
+        """The serving loop while it runs."""
+        return self._loop
 
     def start(self, timeout_s: float = 10.0) -> int:
         """Start serving and return the bound port (port 0 picks a free one)."""
@@ -150,21 +159,20 @@ class ServerThread:
         return self._port
 
     def stop(self, timeout_s: float = 10.0) -> None:
-        """Stop serving and wait for the thread to finish."""
+        """Stop serving (what is still open is dropped with the loop); wait for the thread."""
         loop, stopping, thread = self._loop, self._stopping, self._thread
         if loop is None or stopping is None or thread is None:
             return
         loop.call_soon_threadsafe(stopping.set)
         thread.join(timeout_s)
         self._loop = self._stopping = None
+        self._thread = None
 
     def _run(self) -> None:
         loop = new_event_loop()
         asyncio.set_event_loop(loop)
         try:
-            runner, self._port = loop.run_until_complete(
-                _start(self._handler, self._host, self._port)
-            )
+            self._port, close = loop.run_until_complete(self._serve())
         except BaseException as exc:  # reported to the thread that called start()
             self._error = exc
             self._started.set()
@@ -176,8 +184,23 @@ class ServerThread:
         try:
             loop.run_until_complete(self._stopping.wait())
         finally:
-            loop.run_until_complete(runner.cleanup())
+            loop.run_until_complete(close())
+            tasks = asyncio.all_tasks(loop)
+            for task in tasks:
+                task.cancel()
+            loop.run_until_complete(asyncio.gather(*tasks, return_exceptions=True))
             loop.close()
+
+
+class ServerThread(LoopThread):
+    """A request handler served on its own event loop in a daemon thread."""
+
+    def __init__(self, handler: Handler, host: str, port: int, *, name: str) -> None:
+        async def serve() -> tuple[int, Callable[[], Awaitable[None]]]:
+            runner, bound = await _start(handler, host, port)
+            return bound, runner.cleanup
+
+        super().__init__(serve, name=name, port=port)
 
 
 def run_foreground(handler: Handler, host: str, port: int, on_ready: Callable[[int], None]) -> None:
