@@ -89,6 +89,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--timeout", type=float, help="hard limit per bulk run, seconds (default 60 + N / 50)"
     )
+    parser.add_argument(
+        "--ledger-rounds",
+        type=int,
+        default=3,
+        metavar="K",
+        help="pairs of runs with and without the ledger per latency, alternating which goes "
+        "first; the medians are reported",
+    )
     parser.add_argument("--no-noop-threads", action="store_true", help="skip no-op threads ×32")
     parser.add_argument("--results", type=Path, default=report.RESULTS_PATH)
     parser.add_argument("--no-write", action="store_true", help="print only")
@@ -181,7 +189,8 @@ def run(args: argparse.Namespace) -> tuple[list[Outcome], list[LiveOutcome]]:
         print(f"simulator {sim.api_url}, receiver {receiver.hook_url}", flush=True)
         bench = contestants.Bench(bench_redis, sim, receiver, log_dir, args.sessions, args.timeout)
         for latency in latencies:
-            for run_one in _runs(chosen, noop_threads=not args.no_noop_threads):
+            every = _runs(chosen, noop_threads=not args.no_noop_threads)
+            for run_one in every + _ledger_rounds(chosen, args.ledger_rounds):
                 outcome = run_one(bench, latency)
                 _progress(outcome)
                 outcomes.append(outcome)
@@ -246,6 +255,21 @@ def _runs(chosen: set[str], *, noop_threads: bool) -> list[Run]:
     return runs
 
 
+def _ledger_rounds(chosen: set[str], rounds: int) -> list[Run]:
+    """Rounds 2… of the pair with and without the ledger, alternating which runs first (the
+    first round runs with the other contestants)."""
+    if "ledger" not in chosen or "ours" not in chosen:
+        return []
+    runs: list[Run] = []
+    for round_no in range(2, rounds + 1):
+        pair = [
+            partial(contestants.run_ours, ledger=False, round_no=round_no),
+            partial(contestants.run_ours, ledger=True, round_no=round_no),
+        ]
+        runs += pair if round_no % 2 == 0 else pair[::-1]
+    return runs
+
+
 def _print(outcomes: Sequence[Outcome], live: Sequence[LiveOutcome]) -> None:
     if outcomes:
         print("\n" + report.table(outcomes))
@@ -254,6 +278,7 @@ def _print(outcomes: Sequence[Outcome], live: Sequence[LiveOutcome]) -> None:
     for title, lines in (
         ("Ratios", [*report.ratios(outcomes), *live_report.floor_ratios(outcomes)]),
         ("Targets (issue 6)", report.targets(outcomes)),
+        ("Targets (the ledger's cost)", report.ledger_targets(outcomes)),
         ("Targets (live path)", live_report.live_targets(outcomes, live)),
         (
             "Problems",

@@ -36,6 +36,7 @@ from worker.keys import DEAD_LETTERS as RECORDS_KEY
 from workshop.procfile import local_command, procfile_command
 
 READY = " ready."
+LEDGER_ROUND = ", round "
 START_TIMEOUT_S = 60.0
 SETTLE_TIMEOUT_S = 10.0
 CELERY_FLAGS = ["--loglevel=INFO", "--without-gossip", "--without-mingle"]  # as the Procfile's
@@ -98,6 +99,7 @@ def _run_worker(
         at_ready = monitor.cpu_by_process()
         outcome.startup_cpu_s = sum(at_ready.values())
         harness_cpu, servers_cpu = cpu_seconds([os.getpid()]), bench.servers_cpu_s()
+        redis_cpu = bench.redis.cpu_s()
         if not done(child.started_at + bench.timeout_s, child):
             state = "exited" if not child.alive() else f"timed out after {bench.timeout_s:g} s"
             queued, unacked = broker_backlog(bench.redis.client)
@@ -109,6 +111,7 @@ def _run_worker(
             outcome.problems.append("messages still queued or unacknowledged when stopped")
         at_end = monitor.cpu_by_process()
         outcome.cpu_s = sum(at_end.values()) - outcome.startup_cpu_s
+        outcome.redis_cpu_s = bench.redis.cpu_s() - redis_cpu
         outcome.cpu_split = [cpu - at_ready.get(pid, 0.0) for pid, cpu in at_end.items()]
         # What else ran on the same cores meanwhile: this harness, the simulator and receiver.
         outcome.harness_cpu_s = cpu_seconds([os.getpid()]) - harness_cpu
@@ -152,12 +155,15 @@ def until_delivered(receiver: Receiver, n: int) -> Waiter:
     return wait
 
 
-def run_ours(bench: Bench, latency_ms: float, *, ledger: bool = True) -> Outcome:
+def run_ours(bench: Bench, latency_ms: float, *, ledger: bool = True, round_no: int = 1) -> Outcome:
     """The Procfile's worker, with ids queued by the project's own CLI while it is stopped.
 
     ``ledger=False`` is the same worker with LEDGER_ENABLED=false: what the ledger costs.
+    ``round_no`` > 1 names a repeat of the pair (``LEDGER_ROUND``).
     """
     name = "ours" if ledger else "ours, no ledger"
+    if round_no > 1:
+        name += f"{LEDGER_ROUND}{round_no}"
     outcome = Outcome(name, latency_ms, bench.n)
     bench.prepare(latency_ms)
     env, ids = bench.worker_env(), bench.ids()

@@ -39,6 +39,7 @@ class Outcome:
     harness_cpu_s: float | None = None
     load_before: float | None = None
     servers_cpu_s: float | None = None
+    redis_cpu_s: float | None = None  # the Redis server's, over the same window as cpu_s
     fetches: int = 0
     failed_fetches: int = 0
     rejected_posts: int = 0
@@ -61,6 +62,13 @@ class Outcome:
         if self.cpu_s is None or not self.delivered:
             return None
         return 1000 * self.cpu_s / self.delivered
+
+    @property
+    def redis_cpu_ms_per_item(self) -> float | None:
+        """Redis CPU per session (or task), in milliseconds."""
+        if self.redis_cpu_s is None or not self.delivered:
+            return None
+        return 1000 * self.redis_cpu_s / self.delivered
 
     @property
     def peak_rss_mib(self) -> float:

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import os
 import platform
+import statistics
 import subprocess
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
 
+from bench.contestants import LEDGER_ROUND
 from bench.harness import ROOT
 from bench.live import LiveOutcome
 from bench.live_report import floor_ratios, live_details, live_problems, live_table, live_targets
@@ -17,6 +20,7 @@ from bench.measure import Outcome
 
 RESULTS_PATH = Path(__file__).resolve().parent / "RESULTS.md"
 RSS_TARGET_MIB = 300
+LEDGER_BUDGET = 0.15
 _VERSIONS = (
     "celery",
     "kombu",
@@ -87,14 +91,15 @@ def _fmt(value: float | None, digits: int = 0) -> str:
 def table(outcomes: Sequence[Outcome]) -> str:
     """The results as a markdown table, one row per contestant and latency."""
     rows = [
-        "| contestant | pool | upstream | sessions/s | CPU ms/session | peak RSS MiB "
-        "| peak PSS MiB | delivered/N | dup |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|",
+        "| contestant | pool | upstream | sessions/s | CPU ms/session | Redis CPU ms/session "
+        "| peak RSS MiB | peak PSS MiB | delivered/N | dup |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for o in outcomes:
         rows.append(
             f"| {o.contestant} | {o.pool} | {o.latency_ms:g} ms | {_fmt(o.rate)} "
-            f"| {_fmt(o.cpu_ms_per_item, 2)} | {_fmt(o.peak_rss_mib)} | {_fmt(o.peak_pss_mib)} "
+            f"| {_fmt(o.cpu_ms_per_item, 2)} | {_fmt(o.redis_cpu_ms_per_item, 3)} "
+            f"| {_fmt(o.peak_rss_mib)} | {_fmt(o.peak_pss_mib)} "
             f"| {o.delivered}/{o.n} | {o.duplicates} |"
         )
     return "\n".join(rows)
@@ -127,15 +132,82 @@ def ratios(outcomes: Sequence[Outcome]) -> list[str]:
         for o in outcomes:
             if o.latency_ms == latency and o.contestant.startswith("no-op"):
                 parts.append(f"ours/{o.contestant} {_fmt(_ratio(ours.rate, o.rate), 2)}×")
-        bare = _find(outcomes, "ours, no ledger", latency)
-        if bare is not None:
-            cost = _ratio(ours.rate, bare.rate)
-            cpu = _ratio(ours.cpu_ms_per_item, bare.cpu_ms_per_item)
-            parts.append(
-                f"ledger on/off {_fmt(cost, 2)}× sessions/s, {_fmt(cpu, 2)}× CPU per session"
-            )
+        cost = ledger_cost(outcomes, latency)
+        if cost is not None:
+            parts.append(cost.describe())
         if parts:
             lines.append(f"- {latency:g} ms: " + "; ".join(parts))
+    return lines
+
+
+@dataclass(frozen=True)
+class LedgerCost:
+    """The worker with and without the ledger, paired round by round at one latency.
+
+    The machine's noise between two runs minutes apart is as large as the ledger's cost, so the
+    pairs run alternately (on/off, off/on, on/off, …) and their medians are the figures.
+    """
+
+    pairs: list[tuple[Outcome, Outcome]]  # (on, off)
+
+    def _median(self, on_off: Callable[[Outcome], float | None]) -> float | None:
+        values = [_ratio(on_off(on), on_off(off)) for on, off in self.pairs]
+        known = [value for value in values if value is not None]
+        return statistics.median(known) if known else None
+
+    @property
+    def rate(self) -> float | None:
+        """Median sessions/s with the ledger over without it."""
+        return self._median(lambda o: o.rate)
+
+    def describe(self) -> str:
+        """One line for the Ratios section."""
+        each = ", ".join(_fmt(_ratio(on.rate, off.rate), 2) for on, off in self.pairs)
+        worker = self._median(lambda o: o.cpu_ms_per_item)
+        server = self._median(lambda o: o.redis_cpu_ms_per_item)
+        both = self._median(
+            lambda o: (
+                None
+                if o.cpu_ms_per_item is None or o.redis_cpu_ms_per_item is None
+                else o.cpu_ms_per_item + o.redis_cpu_ms_per_item
+            )
+        )
+        return (
+            f"ledger on/off over {len(self.pairs)} alternating round(s): sessions/s {each} → "
+            f"median {_fmt(self.rate, 2)}×; CPU per session (medians) worker {_fmt(worker, 2)}×, "
+            f"Redis {_fmt(server, 2)}×, both {_fmt(both, 2)}×"
+        )
+
+
+def ledger_cost(outcomes: Sequence[Outcome], latency: float) -> LedgerCost | None:
+    """Each round's run with the ledger beside the same round's without it."""
+
+    def runs(name: str) -> list[Outcome]:
+        return [
+            o
+            for o in outcomes
+            if o.latency_ms == latency
+            and (o.contestant == name or o.contestant.startswith(name + LEDGER_ROUND))
+            and o.rate is not None
+        ]
+
+    pairs = list(zip(runs("ours"), runs("ours, no ledger"), strict=False))
+    return LedgerCost(pairs) if pairs else None
+
+
+def ledger_targets(outcomes: Sequence[Outcome]) -> list[str]:
+    """Issue 10's budget: the ledger costs at most 15 % of the bulk throughput."""
+    lines = []
+    for latency in sorted({o.latency_ms for o in outcomes}):
+        cost = ledger_cost(outcomes, latency)
+        if cost is None or cost.rate is None:
+            continue
+        met = cost.rate >= 1 - LEDGER_BUDGET
+        lines.append(
+            f"- {latency:g} ms: ledger costs ≤ {LEDGER_BUDGET:.0%} of sessions/s (median on/off "
+            f"over {len(cost.pairs)} round(s) ≥ {1 - LEDGER_BUDGET:.2f}): {_fmt(cost.rate, 2)}× → "
+            + ("met" if met else "NOT met")
+        )
     return lines
 
 
@@ -272,6 +344,7 @@ def markdown(
         "## Live: events POSTed to web at fixed rates\n"
         + (live_table(live) if live else "- (not run)"),
         "## Targets (issue 6)\n" + ("\n".join(targets(outcomes)) or "- (not all contestants run)"),
+        "## Targets (the ledger's cost)\n" + ("\n".join(ledger_targets(outcomes)) or "- (not run)"),
         "## Targets (live path)\n"
         + ("\n".join(live_targets(outcomes, live)) or "- (not all contestants run)"),
         "## Problems\n" + ("\n".join(every_problem) or "- none"),

@@ -57,6 +57,12 @@ class BenchRedis:
         self.client.flushdb()
         self.client.set(OWNER_KEY, "1")
 
+    def cpu_s(self) -> float:
+        """The server's user + system CPU seconds so far (every database's work: the
+        benchmark's database is the only busy one when run with --own-redis)."""
+        cpu = self.client.info("cpu")
+        return float(cpu["used_cpu_user"]) + float(cpu["used_cpu_sys"])
+
     def server_version(self) -> str:
         """The server's version, for the report."""
         return str(self.client.info("server").get("redis_version", "?"))

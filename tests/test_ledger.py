@@ -6,7 +6,7 @@ import asyncio
 import io
 import json
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 
 import orjson
@@ -398,3 +398,43 @@ def test_ledger_writes_are_one_round_trip_and_survive_a_script_flush(
     assert redis_client.zcard(DUE) == 1
     assert [text.split(",")[0] for text in attempts(redis_client, "ses_sha")] == ["a", "f"]
     assert script_exists_calls(redis_client) == before
+
+
+def commands_run_by(client: redis.Redis, db: int, action: Callable[[], object]) -> list[str]:
+    """The commands scripts ran on ``db`` while ``action`` ran, as MONITOR saw them."""
+    marker = f"end-of-{time.time_ns()}"
+    with client.monitor() as monitor:
+        action()
+        client.echo(marker)
+        seen: list[str] = []
+        while True:
+            command = monitor.next_command()
+            if marker in command["command"]:
+                return seen
+            if command["db"] == db and command["client_type"] == "lua":
+                seen.append(command["command"].split()[0].lower())
+
+
+def test_finishing_a_batch_costs_redis_a_few_commands_a_session(
+    redis_url: str, redis_client: redis.Redis
+) -> None:
+    """The finishing path's script reads an entry once and writes it once; what every session
+    shares (counts, the open and idle sets) is written once per batch: five commands a session
+    and a handful per batch, not two dozen a session."""
+    ids = [f"ses_cost_{i}" for i in range(50)]
+    LedgerWriter(redis_client).accept([Acceptance(sid) for sid in ids], "console")
+    events = []
+    for sid in ids:
+        work = Work(sid)
+        events.append(Event(work, "fetch", "ok", "f", "d", destinations={"webhook": "q"}))
+        events.append(Event(work, "deliver:webhook", "ok", "d:webhook", "d", duration_s=0.002))
+    db = int(redis_client.connection_pool.connection_kwargs.get("db", 0))
+
+    seen = commands_run_by(redis_client, db, lambda: record(redis_url, events))
+
+    per_session = {"hgetall", "hset", "hdel", "del", "expire"}
+    assert {name: seen.count(name) for name in per_session} == dict.fromkeys(per_session, 50)
+    shared = [name for name in seen if name not in per_session]
+    assert len(shared) <= 5, shared  # counts (before, after) and the two sets
+    assert counts(redis_client) == {"queued": 0, "finished:delivered": 50}
+    assert redis_client.zcard(LEDGER_OPEN) == redis_client.zcard(LEDGER_IDLE) == 0

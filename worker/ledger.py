@@ -119,109 +119,152 @@ return old or ''
 #   10 source if the session was never accepted, 11 its trigger JSON or '',
 #   12 log entries kept (the oldest dropped first)
 # Returns {state before, state after, accepted at}.
-_UPDATE = """
-local h = KEYS[1]
-local old = redis.call('hget', h, 'st')
-local function append(entry)
-    if entry == '' then return end
-    -- "<stage>|<rest>" is stored as "<stage>,<ms since acceptance>,<rest>"
-    local stage, rest = string.match(entry, '^([^|]*)|(.*)$')
-    local accepted = tonumber(redis.call('hget', h, 'a') or ARGV[2])
-    local since = math.floor((tonumber(ARGV[2]) - accepted) * 1000)
-    entry = stage .. ',' .. since .. ',' .. rest
-    local n = redis.call('hincrby', h, 'ln', 1)
-    redis.call('hset', h, 'l' .. n, string.sub(entry, 1, 63))
-    if n > tonumber(ARGV[12]) then redis.call('hdel', h, 'l' .. (n - tonumber(ARGV[12]))) end
+#
+# The entry is read once (HGETALL), changed in a Lua table, and written back with one HSET and
+# one HDEL; the writes every unit shares (the per-state counts, the open and idle sets) are
+# gathered in ``acc`` and sent once per script call by ``flush``: a finishing session costs
+# Redis five commands, not two dozen (README, "The session ledger").
+_UPDATE_FN = """
+local function new_acc(open, idle, counts)
+    return {open = open, idle = idle, counts = counts, delta = {}, done = {}, waiting = {}}
 end
-local function append_all()
-    for entry in string.gmatch(ARGV[5], '[^;]+') do append(entry) end
+local function count(acc, name, by) acc.delta[name] = (acc.delta[name] or 0) + by end
+local function flush(acc)
+    for name, by in pairs(acc.delta) do
+        if by ~= 0 then redis.call('hincrby', acc.counts, name, by) end
+    end
+    -- In slices, as unpack spreads a bounded number of values. A unit waiting, then finished
+    -- later in the same call, must end outside the idle set: the additions go first.
+    for i = 1, #acc.waiting, 500 do
+        redis.call('zadd', acc.idle, unpack(acc.waiting, i, math.min(i + 499, #acc.waiting)))
+    end
+    for i = 1, #acc.done, 500 do
+        local last = math.min(i + 499, #acc.done)
+        redis.call('zrem', acc.open, unpack(acc.done, i, last))
+        redis.call('zrem', acc.idle, unpack(acc.done, i, last))
+    end
 end
-if old == 'delivered' or old == 'dead' then
+local function update(KEYS, ARGV, acc)
+    local h, now = KEYS[1], ARGV[2]
+    local f = {}
+    local all = redis.call('hgetall', h)
+    for i = 1, #all, 2 do f[all[i]] = all[i + 1] end
+    local old = f.st
+    local sets, drops = {}, {}
+    local function put(k, v) f[k] = v; sets[#sets + 1] = k; sets[#sets + 1] = v end
+    local function drop(k) f[k] = nil; drops[#drops + 1] = k end
+    local function append_all()
+        if ARGV[5] == '' then return end
+        -- "<stage>|<rest>" is stored as "<stage>,<ms since acceptance>,<rest>"
+        local since = math.floor((tonumber(now) - tonumber(f.a or now)) * 1000)
+        local n, keep = tonumber(f.ln) or 0, tonumber(ARGV[12])
+        for entry in string.gmatch(ARGV[5], '[^;]+') do
+            local stage, rest = string.match(entry, '^([^|]*)|(.*)$')
+            n = n + 1
+            put('l' .. n, string.sub(stage .. ',' .. since .. ',' .. rest, 1, 63))
+            if n > keep then drops[#drops + 1] = 'l' .. (n - keep) end
+        end
+        put('ln', n)
+    end
+    local function write()
+        if #sets > 0 then redis.call('hset', h, unpack(sets)) end
+        if #drops > 0 then redis.call('hdel', h, unpack(drops)) end
+    end
+    if old == 'delivered' or old == 'dead' then
+        append_all()
+        write()
+        return {old, old, f.a}
+    end
+    if not old then
+        put('a', now); put('s', ARGV[10]); put('f', 'q')
+        if ARGV[11] ~= '' then redis.call('set', KEYS[5], ARGV[11]) end
+        redis.call('zadd', acc.open, now, ARGV[1])
+    end
+    -- The routed destinations first (never undoing a delivery), then the fields set, in order:
+    -- a fetch recorded with its first delivery sets d:<name> after listing <name> as queued.
+    if ARGV[8] ~= '' then
+        for name, value in string.gmatch(ARGV[8], '([^=,]+)=([^,]+)') do
+            if f['d:' .. name] ~= 'd' then put('d:' .. name, value) end
+        end
+    end
+    if ARGV[3] ~= '' then
+        local values = {}
+        for value in string.gmatch(ARGV[4], '[^,]+') do values[#values + 1] = value end
+        local i = 0
+        for key in string.gmatch(ARGV[3], '[^,]+') do
+            i = i + 1
+            put(key, values[i])
+        end
+    end
+    put('u', now)
+    if ARGV[7] ~= '' then put('n', ARGV[7]) end
     append_all()
-    return {old, old, redis.call('hget', h, 'a')}
-end
-if not old then
-    redis.call('hset', h, 'a', ARGV[2], 's', ARGV[10], 'f', 'q')
-    if ARGV[11] ~= '' then redis.call('set', KEYS[5], ARGV[11]) end
-    redis.call('zadd', KEYS[2], ARGV[2], ARGV[1])
-end
--- The routed destinations first (never undoing a delivery), then the fields set, in order:
--- a fetch recorded with its first delivery sets d:<name> after listing <name> as queued.
-if ARGV[8] ~= '' then
-    for name, value in string.gmatch(ARGV[8], '([^=,]+)=([^,]+)') do
-        local key = 'd:' .. name
-        if redis.call('hget', h, key) ~= 'd' then redis.call('hset', h, key, value) end
+    local retrying, queued, dead = false, false, false
+    for k, v in pairs(f) do
+        if string.sub(k, 1, 2) == 'd:' then
+            -- 's': filtered out of this destination, settled like a delivery
+            if v == 'r' then retrying = true elseif v == 'q' then queued = true
+            elseif v == 'x' then dead = true end
+        end
     end
-end
-if ARGV[3] ~= '' then
-    local values = {}
-    for value in string.gmatch(ARGV[4], '[^,]+') do values[#values + 1] = value end
-    local i = 0
-    for key in string.gmatch(ARGV[3], '[^,]+') do
-        i = i + 1
-        redis.call('hset', h, key, values[i])
+    local fetch, st = f.f, nil
+    if fetch == 'x' then st = 'dead'
+    elseif fetch == 'r' or retrying then st = 'retrying'
+    elseif fetch == 'q' then st = 'queued'
+    elseif queued then st = 'in_progress'
+    elseif dead then st = 'dead'
+    else st = 'delivered' end
+    put('st', st)
+    if old then count(acc, old, -1) end
+    if st == 'delivered' or st == 'dead' then
+        count(acc, 'finished:' .. st, 1)
+        acc.done[#acc.done + 1] = ARGV[1]
+        drop('n'); drop('u')
+        write()
+        redis.call('del', KEYS[5])
+        redis.call('expire', h, ARGV[9])
+    else
+        if st ~= 'retrying' and f.n then drop('n') end
+        write()
+        count(acc, st, 1)
+        local idle = ARGV[6]
+        if idle == '' then idle = now end
+        acc.waiting[#acc.waiting + 1] = idle
+        acc.waiting[#acc.waiting + 1] = ARGV[1]
     end
+    return {old or '', st, f.a}
 end
-redis.call('hset', h, 'u', ARGV[2])
-if ARGV[7] ~= '' then redis.call('hset', h, 'n', ARGV[7]) end
-append_all()
-local fetch, retrying, queued, dead, destinations = nil, false, false, false, 0
-local all = redis.call('hgetall', h)
-for i = 1, #all, 2 do
-    local k, v = all[i], all[i + 1]
-    if k == 'f' then
-        fetch = v
-    elseif string.sub(k, 1, 2) == 'd:' then
-        destinations = destinations + 1
-        -- 's': filtered out of this destination, settled like a delivery
-        if v == 'r' then retrying = true elseif v == 'q' then queued = true
-        elseif v == 'x' then dead = true end
-    end
-end
-local st
-if fetch == 'x' then st = 'dead'
-elseif fetch == 'r' or retrying then st = 'retrying'
-elseif fetch == 'q' then st = 'queued'
-elseif queued then st = 'in_progress'
-elseif dead then st = 'dead'
-else st = 'delivered' end
-redis.call('hset', h, 'st', st)
-if st ~= 'retrying' then redis.call('hdel', h, 'n') end
-if old then redis.call('hincrby', KEYS[4], old, -1) end
-if st == 'delivered' or st == 'dead' then
-    redis.call('hincrby', KEYS[4], 'finished:' .. st, 1)
-    redis.call('zrem', KEYS[2], ARGV[1])
-    redis.call('zrem', KEYS[3], ARGV[1])
-    redis.call('hdel', h, 'n', 'u')
-    redis.call('del', KEYS[5])
-    redis.call('expire', h, ARGV[9])
-else
-    redis.call('hincrby', KEYS[4], st, 1)
-    local idle = ARGV[6]
-    if idle == '' then idle = ARGV[2] end
-    redis.call('zadd', KEYS[3], idle, ARGV[1])
-end
-return {old or '', st, redis.call('hget', h, 'a')}
 """
+
+_UPDATE = (
+    _UPDATE_FN
+    + """
+local acc = new_acc(KEYS[2], KEYS[3], KEYS[4])
+local r = update(KEYS, ARGV, acc)
+flush(acc)
+return r
+"""
+)
 
 # _UPDATE for many units in one call, one script call a batch instead of one per session. What
 # every unit shares is sent once: KEYS open, idle, counts, then per unit its entry and trigger
 # key; ARGV now, ttl, source, log entries kept, then per unit _UPDATE's ARGV 1, 3-8 and 11.
-# Returns "before|after|accepted at" per unit (one reply each, cheaper to read than three).
+# Each unit appears once (Ledger.record merges a unit's events). Returns "before|after|accepted
+# at" per unit (one reply each, cheaper to read than three).
 _UPDATE_MANY = (
-    "local function update(KEYS, ARGV)\n"
-    + _UPDATE
+    _UPDATE_FN
     + """
-end
+local acc = new_acc(KEYS[1], KEYS[2], KEYS[3])
 local out = {}
 for i = 0, (#KEYS - 3) / 2 - 1 do
     local k, a = 3 + 2 * i, 4 + 8 * i
     local keys = {KEYS[k + 1], KEYS[1], KEYS[2], KEYS[3], KEYS[k + 2]}
     local args = {ARGV[a + 1], ARGV[1], ARGV[a + 2], ARGV[a + 3], ARGV[a + 4], ARGV[a + 5],
         ARGV[a + 6], ARGV[a + 7], ARGV[2], ARGV[3], ARGV[a + 8], ARGV[4]}
-    local r = update(keys, args)
+    local r = update(keys, args, acc)
     out[i + 1] = r[1] .. '|' .. r[2] .. '|' .. (r[3] or '')
 end
+flush(acc)
 return out
 """
 )
