@@ -415,20 +415,25 @@ def commands_run_by(client: redis.Redis, db: int, action: Callable[[], object]) 
                 seen.append(command["command"].split()[0].lower())
 
 
-def test_finishing_a_batch_costs_redis_a_few_commands_a_session(
+def test_accepting_and_finishing_cost_redis_a_few_commands_a_session(
     redis_url: str, redis_client: redis.Redis
 ) -> None:
-    """The finishing path's script reads an entry once and writes it once; what every session
-    shares (counts, the open and idle sets) is written once per batch: five commands a session
-    and a handful per batch, not two dozen a session."""
+    """Accepting a session costs Redis five commands. The finishing path's script reads an
+    entry once and writes it once; what every session shares (counts, the open and idle sets)
+    is written once per batch: five commands a session and a handful per batch, not 23."""
     ids = [f"ses_cost_{i}" for i in range(50)]
-    LedgerWriter(redis_client).accept([Acceptance(sid) for sid in ids], "console")
+    db = int(redis_client.connection_pool.connection_kwargs.get("db", 0))
+    writer = LedgerWriter(redis_client)
+    accepted = commands_run_by(
+        redis_client, db, lambda: writer.accept([Acceptance(sid) for sid in ids], "console")
+    )
+    # hget (its state), hset (the entry), hincrby (counts), zadd × 2 (open, idle)
+    assert len(accepted) == 5 * 50, sorted(set(accepted))
     events = []
     for sid in ids:
         work = Work(sid)
         events.append(Event(work, "fetch", "ok", "f", "d", destinations={"webhook": "q"}))
         events.append(Event(work, "deliver:webhook", "ok", "d:webhook", "d", duration_s=0.002))
-    db = int(redis_client.connection_pool.connection_kwargs.get("db", 0))
 
     seen = commands_run_by(redis_client, db, lambda: record(redis_url, events))
 

@@ -81,30 +81,36 @@ if old == 'queued' or old == 'in_progress' or old == 'retrying' then
     redis.call('zadd', KEYS[3], ARGV[2], ARGV[1])
     return old
 end
-local function append(entry)
-    local n = redis.call('hincrby', h, 'ln', 1)
-    redis.call('hset', h, 'l' .. n, string.sub(entry, 1, 63))
-    if n > tonumber(ARGV[7]) then redis.call('hdel', h, 'l' .. (n - tonumber(ARGV[7]))) end
-end
+-- One HSET for the entry (a new one costs Redis five commands in all).
+local n, keep = 1, tonumber(ARGV[7])
 if old then
+    local drops = {}
     for _, name in ipairs(redis.call('hkeys', h)) do
-        if string.sub(name, 1, 2) == 'd:' or name == 'n' then redis.call('hdel', h, name) end
+        if string.sub(name, 1, 2) == 'd:' or name == 'n' then drops[#drops + 1] = name end
     end
+    n = (tonumber(redis.call('hget', h, 'ln')) or 0) + 1
+    if n > keep then drops[#drops + 1] = 'l' .. (n - keep) end
+    if #drops > 0 then redis.call('hdel', h, unpack(drops)) end
     redis.call('persist', h)
 end
 local st = 'queued'
-if ARGV[6] == '' then
-    redis.call('hset', h, 'f', 'q')
-else
+local sets = {'a', ARGV[2], 's', ARGV[3], 'u', ARGV[2], 'f', 'q', 'ln', n,
+    'l' .. n, string.sub('a,0,ok,' .. ARGV[3], 1, 63)}
+if ARGV[6] ~= '' then
     -- a delivery replayed: fetched already, one destination to go
     st = 'in_progress'
-    redis.call('hset', h, 'f', 'd', 'd:' .. ARGV[6], 'q')
+    sets[8] = 'd'
+    sets[#sets + 1] = 'd:' .. ARGV[6]
+    sets[#sets + 1] = 'q'
 end
-redis.call('hset', h, 'a', ARGV[2], 's', ARGV[3], 'st', st, 'u', ARGV[2])
+sets[#sets + 1] = 'st'
+sets[#sets + 1] = st
+if ARGV[5] ~= '' then
+    sets[#sets + 1] = 'e'
+    sets[#sets + 1] = string.sub(ARGV[5], 1, 63)
+end
+redis.call('hset', h, unpack(sets))
 if ARGV[4] ~= '' then redis.call('set', KEYS[5], ARGV[4]) end
-if ARGV[5] ~= '' then redis.call('hset', h, 'e', string.sub(ARGV[5], 1, 63)) end
-append('a,' .. math.floor((tonumber(ARGV[2]) - tonumber(redis.call('hget', h, 'a'))) * 1000)
-    .. ',ok,' .. ARGV[3])
 redis.call('hincrby', KEYS[4], st, 1)
 redis.call('zadd', KEYS[2], ARGV[2], ARGV[1])
 redis.call('zadd', KEYS[3], ARGV[2], ARGV[1])
