@@ -4,12 +4,14 @@ for the next ones, missing or refused by FunnelFox; their own delivery records a
 from __future__ import annotations
 
 import asyncio
+import json
 from collections import Counter
 from collections.abc import Callable, Coroutine, Sequence
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 import httpx
+import jsonschema
 import orjson
 import pytest
 import redis
@@ -26,6 +28,7 @@ from worker.http import HttpSession
 from worker.keys import delivered_key, enriched_key
 from worker.pipeline import Pipeline
 from worker.retry import RetryPolicy
+from worker.schema import PUBLISHED_EVERY_TYPE
 from worker.sinks.base import Delivery, Outcome, Sink
 from worker.state import DeliveryState
 from worker.work import Work
@@ -34,6 +37,8 @@ from workshop.sessions import make_session
 T = TypeVar("T")
 POLICY = RetryPolicy(base_s=0.01, max_s=0.1, max_attempts=3)
 COMPLETION = {"event_id": "evt_done", "type": "onboarding.completed"}
+MAX_BODY_BYTES = 64 * 1024  # FUNNELFOX_MAX_BODY_BYTES; the simulator's sessions are ~3 kB
+EVERY_TYPE = jsonschema.Draft202012Validator(json.loads(PUBLISHED_EVERY_TYPE.read_text()))
 
 
 class RecordingSink(Sink):
@@ -64,6 +69,8 @@ class FunnelFox:
             return httpx.Response(503)
         if "broken" in session_id:
             return httpx.Response(200, content=b'{"id": "%s"}' % session_id.encode())
+        if "huge" in session_id:
+            return httpx.Response(200, content=b" " * (MAX_BODY_BYTES + 1))
         return httpx.Response(200, content=orjson.dumps(make_session(session_id)))
 
 
@@ -79,7 +86,12 @@ def run(
         client = aioredis.Redis.from_url(redis_url)
         http = HttpSession(httpx.MockTransport(funnelfox), httpx.Timeout(1))
         built = Pipeline(
-            funnelfox=FunnelFoxClient(http, api_url="http://ff.test/v1", secret=SecretStr("s_1")),
+            funnelfox=FunnelFoxClient(
+                http,
+                api_url="http://ff.test/v1",
+                secret=SecretStr("s_1"),
+                max_body_bytes=MAX_BODY_BYTES,
+            ),
             sinks={sink.name: sink for sink in sinks},
             state=DeliveryState(client, dedupe_ttl_s=60, claim_ttl_s=5),
             dead_letters=DeadLetters(client),
@@ -197,7 +209,12 @@ def test_a_conversion_without_a_session_is_delivered_with_session_null(redis_url
 
 
 @pytest.mark.parametrize(
-    ("session_id", "reason"), [("ses_missing", "not_found"), ("ses_broken", "invalid_payload")]
+    ("session_id", "reason"),
+    [
+        ("ses_missing", "not_found"),
+        ("ses_broken", "invalid_payload"),
+        ("ses_huge", "too_large"),
+    ],
 )
 def test_a_conversion_whose_session_funnelfox_refuses_is_delivered_with_the_reason(
     redis_url: str, session_id: str, reason: str
@@ -205,7 +222,9 @@ def test_a_conversion_whose_session_funnelfox_refuses_is_delivered_with_the_reas
     work = conversion("evt_refused", "subscription.cancelled", session_id)
     result = run(redis_url, lambda p: p.fetch([work]), [RecordingSink("webhook")], FunnelFox())
     assert result.dead == []
-    data = payload(result.deliveries["webhook"][0])["data"]
+    delivered = payload(result.deliveries["webhook"][0])
+    EVERY_TYPE.validate(delivered)
+    data = delivered["data"]
     assert (data["session"], data["session_error"]) == (None, reason)
     assert [(e.outcome, e.detail) for e in result.events] == [("ok", reason)]
 

@@ -32,7 +32,7 @@ CONVERSION_TYPES: frozenset[str] = frozenset(get_args(ConversionType))
 # Why a conversion is delivered with ``data.session`` null. The first two are decided when the
 # event arrives; the others are FunnelFox's permanent answer for the session (worker.errors).
 SessionError = Literal[
-    "no_session_id", "invalid_session_id", "not_found", "rejected", "invalid_payload"
+    "no_session_id", "invalid_session_id", "not_found", "rejected", "invalid_payload", "too_large"
 ]
 NO_SESSION_ID = "no_session_id"
 INVALID_SESSION_ID = "invalid_session_id"
