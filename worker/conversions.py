@@ -97,10 +97,10 @@ def resolve_session_id(candidates: list[Any]) -> tuple[str | None, str | None]:
     return None, NO_SESSION_ID
 
 
-def conversion_of(event_type: str, session_id: str | None, extra: Mapping[str, Any]) -> Conversion:
-    """The conversion in a FunnelFox event: its session is the envelope's ``session_id``, else
-    ``data.session_id``, else ``profile.session_id``; ``extra`` holds the envelope's other
-    fields (``data``, ``profile`` …) as they arrived."""
+def conversion_of(event_type: str, session_id: Any, extra: Mapping[str, Any]) -> Conversion:
+    """The conversion in a FunnelFox event: its session is the envelope's ``session_id`` (as
+    sent, unchecked), else ``data.session_id``, else ``profile.session_id``; ``extra`` holds
+    the envelope's other fields (``data``, ``profile`` …) as they arrived."""
     data = extra.get("data")
     profile = extra.get("profile")
     found, error = resolve_session_id(
