@@ -18,6 +18,7 @@ import redis
 import redis.asyncio as aioredis
 from pydantic import SecretStr
 
+from config.destinations import Filters
 from worker import errors, pipeline
 from worker.cli.dlq import plan_replay
 from worker.conversions import Conversion
@@ -306,3 +307,36 @@ def test_routing_decides_which_destinations_take_a_type(
     assert [w.session_id for w in result.deliveries["webhook"]] == ["ses_r"]
     assert [w.session_id for w in result.deliveries["warehouse"]] == ["evt_r"]
     assert [e.destinations for e in result.events] == [{"webhook": "q"}, {"warehouse": "q"}]
+
+
+def test_destinations_filters_take_a_conversion_by_its_own_type_and_its_events_funnel(
+    redis_url: str,
+) -> None:
+    """Real filters, real routing: a conversion sent with no trigger is routed by its own
+    type (not read as onboarding.completed), and one without its session by its event's
+    funnel."""
+    crm = RecordingSink("crm")
+    crm.filters = Filters(event_types=("onboarding.completed",))
+    revenue = RecordingSink("revenue")
+    revenue.filters = Filters(event_types=("purchase.completed", "subscription.active"))
+    funnel_a = RecordingSink("funnel_a")
+    funnel_a.filters = Filters(funnel_ids=("fun_A",))
+    untriggered = Work(
+        "evt_bare", event=Conversion("purchase.completed", {"price": 5}, "ses_f")
+    )  # an enrich_batch item with an event and no trigger
+    sessionless = Work(
+        "evt_nos",
+        trigger={"event_id": "evt_nos", "type": "subscription.active", "funnel_id": "fun_A"},
+        event=Conversion("subscription.active", {}, None, "no_session_id"),
+    )
+    works = [Work("ses_f", trigger=COMPLETION), untriggered, sessionless]
+    result = run(redis_url, lambda p: p.fetch(works), [crm, revenue, funnel_a], FunnelFox())
+
+    # The one without a session is planned before the fetched ones: compare without order.
+    routed = {sink: sorted(w.session_id for w in got) for sink, got in result.deliveries.items()}
+    assert routed == {"crm": ["ses_f"], "revenue": ["evt_bare", "evt_nos"], "funnel_a": ["evt_nos"]}
+    assert {e.work.session_id: e.destinations for e in result.events} == {
+        "ses_f": {"crm": "q", "revenue": "s", "funnel_a": "s"},
+        "evt_bare": {"crm": "s", "revenue": "q", "funnel_a": "s"},
+        "evt_nos": {"crm": "s", "revenue": "q", "funnel_a": "q"},
+    }
