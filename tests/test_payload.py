@@ -64,6 +64,7 @@ SHAPED = [
     "ses_s-boolreply",
     "ses_s-nouseragent",
     "ses_s-noattributes",
+    "ses_s-nullattrs",
     "ses_s-nullfields",
     "ses_s-bare",
     "ses_s-anon-objreply-boolreply",
@@ -108,6 +109,15 @@ def test_every_shape_is_delivered_as_sent(session_id: str) -> None:
     assert payload["data"]["session"] == make_session(session_id)  # type: ignore[index]
 
 
+GEO_FIELDS = (
+    "country_code",
+    "country_name",
+    "region_code",
+    "city",
+    "postal_code",
+    "timezone",
+    "utc_offset",
+)
 NULL_PARTS = {"answers": None, "utm": None, "click_ids": None, "device": None, "geo": None}
 
 
@@ -118,6 +128,7 @@ NULL_PARTS = {"answers": None, "utm": None, "click_ids": None, "device": None, "
         ("ses_s-boolreply", {"answers.consent.terms_checkbox": True}),
         ("ses_s-nouseragent", {"device": None}),
         ("ses_s-noattributes", {"geo": None}),
+        ("ses_s-nullattrs", {"geo": dict.fromkeys(GEO_FIELDS)}),
         ("ses_s-nullfields", {**NULL_PARTS, "locale": {"language": None, "region": None}}),
         ("ses_s-bare", {**NULL_PARTS, "locale": {"language": None, "region": None}}),
     ],
