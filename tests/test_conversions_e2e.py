@@ -5,7 +5,9 @@ A completion, then ``subscription.active`` and ``purchase.completed`` for the sa
 arrive as three deliveries with distinct webhook-ids, the conversions carrying the session's
 UTM and answers and the event's data, built from the enrichment the completion kept (one
 FunnelFox request for the three); every event sent twice is delivered once; an event without
-a session, and one whose session FunnelFox no longer has, are delivered with session null.
+a session, and one whose session FunnelFox no longer has, are delivered with session null;
+a completion whose session has an object-valued reply and no user_agent is delivered as sent,
+not dead-lettered.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from worker.keys import enriched_key
 from worker.schema import PUBLISHED_EVERY_TYPE
 from workshop.funnelfox import FunnelFoxSimulator
 from workshop.receiver import WebhookReceiver
+from workshop.sessions import session_body
 
 pytestmark = pytest.mark.integration
 
@@ -37,6 +40,9 @@ WEBHOOK = "/webhooks/funnelfox"
 AUTH = {"Fox-Secret-Key": FOX_SECRET}
 SESSION = "ses_01KPROOF0CONVERSION0000001"
 GONE = "ses_01KPROOF0GONE-s404"
+# The simulator's body tokens (workshop/faults.py): one reply's value is an object, and there
+# is no user_agent field.
+SHAPED = "ses_01KPROOF0SHAPED-objreply-nouseragent"
 SUBSCRIPTION = {
     "entitlement": "premium",
     "expires_at": 1769904000,
@@ -96,6 +102,7 @@ def test_a_completion_and_its_conversions_are_distinct_deliveries(
     )
     sessionless = envelope("evt_proof_alone", "purchase.completed", data=PURCHASE)
     gone = envelope("evt_proof_gone", "subscription.cancelled", session_id=GONE, data={})
+    shaped = envelope("evt_proof_shaped", "onboarding.completed", session_id=SHAPED)
 
     worker = start_worker(env)
     answers: Counter[tuple[str, int]] = Counter()
@@ -110,26 +117,26 @@ def test_a_completion_and_its_conversions_are_distinct_deliveries(
             post(completion)
             # The completion is delivered (its enrichment kept) before its conversions arrive.
             assert receiver.wait_for(1, timeout=30), worker.output
-            for body in (active, purchase, sessionless, gone):
+            for body in (active, purchase, sessionless, gone, shaped):
                 post(body)
                 post(body)
-            assert receiver.wait_for(5, timeout=30), worker.output
+            assert receiver.wait_for(6, timeout=30), worker.output
             # A later event through the same path: once it is delivered, every duplicate
             # had its chance to be delivered too.
             post(envelope("evt_proof_last", "onboarding.completed", session_id="ses_LAST"))
-            assert receiver.wait_for(6, timeout=30), worker.output
-            assert wait_until(lambda: redis_client.xlen("test:enriched") == 6, 10)
+            assert receiver.wait_for(7, timeout=30), worker.output
+            assert wait_until(lambda: redis_client.xlen("test:enriched") == 7, 10)
     finally:
         worker.stop()
 
     events = ("evt_proof_done", "evt_proof_active", "evt_proof_buy", "evt_proof_alone")
-    for event_id in (*events, "evt_proof_gone"):  # each sent twice: queued once
+    for event_id in (*events, "evt_proof_gone", "evt_proof_shaped"):  # sent twice: queued once
         assert answers[(event_id, 202)] == 1, answers
         assert answers[(event_id, 200)] == 1, answers
 
     delivered = {a.payload["data"]["trigger"]["event_id"]: a for a in receiver.deliveries()}
-    assert len(receiver.deliveries()) == 6  # nothing delivered twice
-    assert len({a.webhook_id for a in receiver.deliveries()}) == 6
+    assert len(receiver.deliveries()) == 7  # nothing delivered twice
+    assert len({a.webhook_id for a in receiver.deliveries()}) == 7
     assert delivered["evt_proof_done"].webhook_id == webhook_id(receiver.url, SESSION)
     for event_id in (*events[1:], "evt_proof_gone"):
         assert delivered[event_id].webhook_id == webhook_id(receiver.url, f"event\n{event_id}")
@@ -162,6 +169,14 @@ def test_a_completion_and_its_conversions_are_distinct_deliveries(
     )
     assert alone["event"] == PURCHASE
     assert payloads["evt_proof_gone"]["data"]["session_error"] == "not_found"
+    # Through the real ingress, a session FunnelFox's spec would not allow is delivered as sent.
+    assert delivered["evt_proof_shaped"].webhook_id == webhook_id(receiver.url, SHAPED)
+    assert session_body(SHAPED) in delivered["evt_proof_shaped"].body
+    shaped_data = payloads["evt_proof_shaped"]["data"]
+    assert "user_agent" not in shaped_data["session"]
+    height = shaped_data["enrichment"]["answers"]["height"]["height_picker"]
+    assert height == {"value": 180, "unit": "cm"}  # the object, carried as sent
+    assert shaped_data["enrichment"]["device"] is None
 
     # One FunnelFox request served the completion and both conversions.
     assert len(simulator.requests_for(SESSION)) == 1
@@ -179,7 +194,7 @@ def test_a_completion_and_its_conversions_are_distinct_deliveries(
             f"kept enrichment {kept_bytes} B in Redis ({raw_bytes} B uncompressed)"
         )
 
-    entries = [dict(redis_client.xrange("test:enriched")[n][1]) for n in range(6)]
+    entries = [dict(redis_client.xrange("test:enriched")[n][1]) for n in range(7)]
     by_event = {e.get(b"event_id", b"").decode(): e for e in entries}
     assert by_event["evt_proof_active"][b"session_id"] == SESSION.encode()
     assert by_event["evt_proof_alone"][b"session_id"] == b""
@@ -201,4 +216,4 @@ def test_a_completion_and_its_conversions_are_distinct_deliveries(
     fetch = [a for a in active_story["attempts"] if a["stage"] == "fetch"]
     assert [(a["outcome"], a.get("detail")) for a in fetch] == [("ok", "reused")]
     assert (alone_story["session_id"], alone_story["state"]) == (None, "delivered")
-    assert redis_client.hlen("ffe:dlq") == 0
+    assert redis_client.hlen("ffe:dlq") == 0  # the shaped session included

@@ -403,6 +403,16 @@ def test_a_conversion_is_queued_as_its_own_unit_with_its_event(
         ({"data": {"price": 999}, "profile": ...}, None, "no_session_id"),
         ({"data": ..., "profile": ...}, None, "no_session_id"),
         ({"data": {"session_id": "a/b"}}, None, "invalid_session_id"),
+        # The envelope's own session_id is read the same way, never refused as a session
+        # event's is: empty or null is absent, anything that breaks the id rules is invalid.
+        ({"session_id": ""}, "ses_01HZX3P7Q0V1M2N3B4C5D6E7DA", None),
+        ({"session_id": "", "data": {"price": 999}}, "ses_01HZX3P7Q0V1M2N3B4C5D6E7PR", None),
+        ({"session_id": None}, "ses_01HZX3P7Q0V1M2N3B4C5D6E7DA", None),
+        ({"session_id": "", "data": ..., "profile": ...}, None, "no_session_id"),
+        ({"session_id": "a/b"}, None, "invalid_session_id"),
+        ({"session_id": "s" * 129}, None, "invalid_session_id"),
+        ({"session_id": 12}, None, "invalid_session_id"),
+        ({"session_id": ["ses_x"]}, None, "invalid_session_id"),
     ],
 )
 def test_a_conversion_is_queued_whatever_session_it_names(
@@ -421,6 +431,16 @@ def test_a_conversion_is_queued_whatever_session_it_names(
     assert item["event"].get("session_id") == session_id
     assert item["event"].get("session_error") == error
     assert item["event"]["data"] == body.get("data")
+
+
+@pytest.mark.parametrize("session_id", ["", "a/b", 12, None])
+def test_a_session_event_beside_conversions_is_still_refused_for_its_session_id(
+    conversions: httpx.Client, redis_client: redis.Redis, session_id: object
+) -> None:
+    response = conversions.post(WEBHOOK, json=event(session_id=session_id), headers=AUTH)
+
+    assert response.status_code == 422
+    assert nothing_queued(redis_client)
 
 
 def test_a_conversion_is_deduplicated_by_its_event_id(

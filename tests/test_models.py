@@ -310,6 +310,7 @@ SIMULATED = {
     "boolreply": None,
     "nouseragent": None,
     "noattributes": None,
+    "nullattrs": None,
     "nullfields": None,
     "bare": None,
     "anon": None,

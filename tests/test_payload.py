@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from datetime import UTC, datetime
+from typing import get_args
 
 import jsonschema
 import orjson
@@ -11,7 +12,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from worker.conversions import CONVERSION_TYPES, Conversion
+from worker import errors
+from worker.conversions import CONVERSION_TYPES, Conversion, SessionError
 from worker.enrich import enrich
 from worker.payload import (
     build_conversion_payload,
@@ -62,6 +64,7 @@ SHAPED = [
     "ses_s-boolreply",
     "ses_s-nouseragent",
     "ses_s-noattributes",
+    "ses_s-nullattrs",
     "ses_s-nullfields",
     "ses_s-bare",
     "ses_s-anon-objreply-boolreply",
@@ -106,6 +109,15 @@ def test_every_shape_is_delivered_as_sent(session_id: str) -> None:
     assert payload["data"]["session"] == make_session(session_id)  # type: ignore[index]
 
 
+GEO_FIELDS = (
+    "country_code",
+    "country_name",
+    "region_code",
+    "city",
+    "postal_code",
+    "timezone",
+    "utc_offset",
+)
 NULL_PARTS = {"answers": None, "utm": None, "click_ids": None, "device": None, "geo": None}
 
 
@@ -116,6 +128,7 @@ NULL_PARTS = {"answers": None, "utm": None, "click_ids": None, "device": None, "
         ("ses_s-boolreply", {"answers.consent.terms_checkbox": True}),
         ("ses_s-nouseragent", {"device": None}),
         ("ses_s-noattributes", {"geo": None}),
+        ("ses_s-nullattrs", {"geo": dict.fromkeys(GEO_FIELDS)}),
         ("ses_s-nullfields", {**NULL_PARTS, "locale": {"language": None, "region": None}}),
         ("ses_s-bare", {**NULL_PARTS, "locale": {"language": None, "region": None}}),
     ],
@@ -289,7 +302,15 @@ def test_a_conversions_session_is_spliced_in_byte_for_byte() -> None:
 
 
 @pytest.mark.parametrize(
-    "reason", ["no_session_id", "invalid_session_id", "not_found", "rejected", "invalid_payload"]
+    "reason",
+    [
+        "no_session_id",
+        "invalid_session_id",
+        "not_found",
+        "rejected",
+        "invalid_payload",
+        "too_large",
+    ],
 )
 def test_a_conversion_without_its_session_says_why(reason: str) -> None:
     payload = conversion_for("purchase.completed", None, {"price": 999}, reason)
@@ -301,6 +322,14 @@ def test_a_conversion_without_its_session_says_why(reason: str) -> None:
         "trigger": {**TRIGGER, "event_id": "evt_conv", "type": "purchase.completed"},
         "event": {"price": 999},
     }
+
+
+def test_every_reason_funnelfox_refuses_a_session_for_is_a_session_error() -> None:
+    # Pipeline._session_failed delivers a conversion with the reason of any Permanent error its
+    # session's fetch or validation raises; only the sinks' own refusals never get there.
+    sink_side = {errors.SinkGone, errors.SinkRejected}
+    session_side = {c.reason for c in errors.Permanent.__subclasses__() if c not in sink_side}
+    assert session_side <= set(get_args(SessionError))
 
 
 @pytest.mark.parametrize("data", [None, [], "text", 3, {"deep": {"list": [1, None, True]}}])

@@ -4,18 +4,21 @@ for the next ones, missing or refused by FunnelFox; their own delivery records a
 from __future__ import annotations
 
 import asyncio
+import json
 from collections import Counter
 from collections.abc import Callable, Coroutine, Sequence
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 import httpx
+import jsonschema
 import orjson
 import pytest
 import redis
 import redis.asyncio as aioredis
 from pydantic import SecretStr
 
+from config.destinations import Filters
 from worker import errors, pipeline
 from worker.cli.dlq import plan_replay
 from worker.conversions import Conversion
@@ -26,6 +29,7 @@ from worker.http import HttpSession
 from worker.keys import delivered_key, enriched_key
 from worker.pipeline import Pipeline
 from worker.retry import RetryPolicy
+from worker.schema import PUBLISHED_EVERY_TYPE
 from worker.sinks.base import Delivery, Outcome, Sink
 from worker.state import DeliveryState
 from worker.work import Work
@@ -34,6 +38,8 @@ from workshop.sessions import make_session
 T = TypeVar("T")
 POLICY = RetryPolicy(base_s=0.01, max_s=0.1, max_attempts=3)
 COMPLETION = {"event_id": "evt_done", "type": "onboarding.completed"}
+MAX_BODY_BYTES = 64 * 1024  # FUNNELFOX_MAX_BODY_BYTES; the simulator's sessions are ~3 kB
+EVERY_TYPE = jsonschema.Draft202012Validator(json.loads(PUBLISHED_EVERY_TYPE.read_text()))
 
 
 class RecordingSink(Sink):
@@ -64,6 +70,8 @@ class FunnelFox:
             return httpx.Response(503)
         if "broken" in session_id:
             return httpx.Response(200, content=b'{"id": "%s"}' % session_id.encode())
+        if "huge" in session_id:
+            return httpx.Response(200, content=b" " * (MAX_BODY_BYTES + 1))
         return httpx.Response(200, content=orjson.dumps(make_session(session_id)))
 
 
@@ -79,7 +87,12 @@ def run(
         client = aioredis.Redis.from_url(redis_url)
         http = HttpSession(httpx.MockTransport(funnelfox), httpx.Timeout(1))
         built = Pipeline(
-            funnelfox=FunnelFoxClient(http, api_url="http://ff.test/v1", secret=SecretStr("s_1")),
+            funnelfox=FunnelFoxClient(
+                http,
+                api_url="http://ff.test/v1",
+                secret=SecretStr("s_1"),
+                max_body_bytes=MAX_BODY_BYTES,
+            ),
             sinks={sink.name: sink for sink in sinks},
             state=DeliveryState(client, dedupe_ttl_s=60, claim_ttl_s=5),
             dead_letters=DeadLetters(client),
@@ -197,7 +210,12 @@ def test_a_conversion_without_a_session_is_delivered_with_session_null(redis_url
 
 
 @pytest.mark.parametrize(
-    ("session_id", "reason"), [("ses_missing", "not_found"), ("ses_broken", "invalid_payload")]
+    ("session_id", "reason"),
+    [
+        ("ses_missing", "not_found"),
+        ("ses_broken", "invalid_payload"),
+        ("ses_huge", "too_large"),
+    ],
 )
 def test_a_conversion_whose_session_funnelfox_refuses_is_delivered_with_the_reason(
     redis_url: str, session_id: str, reason: str
@@ -205,7 +223,9 @@ def test_a_conversion_whose_session_funnelfox_refuses_is_delivered_with_the_reas
     work = conversion("evt_refused", "subscription.cancelled", session_id)
     result = run(redis_url, lambda p: p.fetch([work]), [RecordingSink("webhook")], FunnelFox())
     assert result.dead == []
-    data = payload(result.deliveries["webhook"][0])["data"]
+    delivered = payload(result.deliveries["webhook"][0])
+    EVERY_TYPE.validate(delivered)
+    data = delivered["data"]
     assert (data["session"], data["session_error"]) == (None, reason)
     assert [(e.outcome, e.detail) for e in result.events] == [("ok", reason)]
 
@@ -287,3 +307,36 @@ def test_routing_decides_which_destinations_take_a_type(
     assert [w.session_id for w in result.deliveries["webhook"]] == ["ses_r"]
     assert [w.session_id for w in result.deliveries["warehouse"]] == ["evt_r"]
     assert [e.destinations for e in result.events] == [{"webhook": "q"}, {"warehouse": "q"}]
+
+
+def test_destinations_filters_take_a_conversion_by_its_own_type_and_its_events_funnel(
+    redis_url: str,
+) -> None:
+    """Real filters, real routing: a conversion sent with no trigger is routed by its own
+    type (not read as onboarding.completed), and one without its session by its event's
+    funnel."""
+    crm = RecordingSink("crm")
+    crm.filters = Filters(event_types=("onboarding.completed",))
+    revenue = RecordingSink("revenue")
+    revenue.filters = Filters(event_types=("purchase.completed", "subscription.active"))
+    funnel_a = RecordingSink("funnel_a")
+    funnel_a.filters = Filters(funnel_ids=("fun_A",))
+    untriggered = Work(
+        "evt_bare", event=Conversion("purchase.completed", {"price": 5}, "ses_f")
+    )  # an enrich_batch item with an event and no trigger
+    sessionless = Work(
+        "evt_nos",
+        trigger={"event_id": "evt_nos", "type": "subscription.active", "funnel_id": "fun_A"},
+        event=Conversion("subscription.active", {}, None, "no_session_id"),
+    )
+    works = [Work("ses_f", trigger=COMPLETION), untriggered, sessionless]
+    result = run(redis_url, lambda p: p.fetch(works), [crm, revenue, funnel_a], FunnelFox())
+
+    # The one without a session is planned before the fetched ones: compare without order.
+    routed = {sink: sorted(w.session_id for w in got) for sink, got in result.deliveries.items()}
+    assert routed == {"crm": ["ses_f"], "revenue": ["evt_bare", "evt_nos"], "funnel_a": ["evt_nos"]}
+    assert {e.work.session_id: e.destinations for e in result.events} == {
+        "ses_f": {"crm": "q", "revenue": "s", "funnel_a": "s"},
+        "evt_bare": {"crm": "s", "revenue": "q", "funnel_a": "s"},
+        "evt_nos": {"crm": "s", "revenue": "q", "funnel_a": "q"},
+    }

@@ -32,7 +32,7 @@ CONVERSION_TYPES: frozenset[str] = frozenset(get_args(ConversionType))
 # Why a conversion is delivered with ``data.session`` null. The first two are decided when the
 # event arrives; the others are FunnelFox's permanent answer for the session (worker.errors).
 SessionError = Literal[
-    "no_session_id", "invalid_session_id", "not_found", "rejected", "invalid_payload"
+    "no_session_id", "invalid_session_id", "not_found", "rejected", "invalid_payload", "too_large"
 ]
 NO_SESSION_ID = "no_session_id"
 INVALID_SESSION_ID = "invalid_session_id"
@@ -97,10 +97,10 @@ def resolve_session_id(candidates: list[Any]) -> tuple[str | None, str | None]:
     return None, NO_SESSION_ID
 
 
-def conversion_of(event_type: str, session_id: str | None, extra: Mapping[str, Any]) -> Conversion:
-    """The conversion in a FunnelFox event: its session is the envelope's ``session_id``, else
-    ``data.session_id``, else ``profile.session_id``; ``extra`` holds the envelope's other
-    fields (``data``, ``profile`` …) as they arrived."""
+def conversion_of(event_type: str, session_id: Any, extra: Mapping[str, Any]) -> Conversion:
+    """The conversion in a FunnelFox event: its session is the envelope's ``session_id`` (as
+    sent, unchecked), else ``data.session_id``, else ``profile.session_id``; ``extra`` holds
+    the envelope's other fields (``data``, ``profile`` …) as they arrived."""
     data = extra.get("data")
     profile = extra.get("profile")
     found, error = resolve_session_id(

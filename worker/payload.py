@@ -57,7 +57,8 @@ class ConversionData(BaseModel):
         description="Why session is null: the event names no session (no_session_id), "
         "names it with an id that breaks the id rules (invalid_session_id), or FunnelFox "
         "answered for good that it has no such session (not_found), refused the request "
-        "(rejected) or sent a body that is not a session (invalid_payload)."
+        "(rejected), sent a body that is not a session (invalid_payload) or one over "
+        "FUNNELFOX_MAX_BODY_BYTES (too_large)."
     )
     trigger: Trigger | None = Field(description="The event's context, as session.enriched.")
     event: JsonValue = Field(

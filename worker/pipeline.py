@@ -292,11 +292,11 @@ class Pipeline:
             kept.append((work.fetch_id, source.session))
         metrics.inc("sessions_fetched", int(source.fetched))
         metrics.inc("enrichments_reused", int(source.detail == REUSED))
-        funnel_id = _funnel_of(source)
+        funnel_id = _funnel_of(source, work)
         routed = destinations_for(work.payload_type, self.sinks)
         states = {name: "q" if name in sinks else "d" for name in routed}
         for sink in sinks:
-            if not self._takes(sink, funnel_id, work.trigger):
+            if not self._takes(sink, work, funnel_id):
                 states[sink] = "s"  # filtered out: not an error, never delivered there
                 continue
             fresh = replace(work, attempts=0, payload=payload)
@@ -473,14 +473,17 @@ class Pipeline:
         await self._record(result, metrics, flush=flush)
         return result
 
-    def _takes(
-        self, sink_name: str, funnel_id: str | None, trigger: Mapping[str, Any] | None
-    ) -> bool:
-        """Whether a destination's filters take this unit (its funnel, event, sandbox)."""
-        trigger = trigger or {}
-        return self.sinks[sink_name].filters.take(
-            funnel_id, trigger.get("type"), trigger.get("is_sandbox")
-        )
+    def _takes(self, sink_name: str, work: Work, funnel_id: str | None) -> bool:
+        """Whether a destination's filters take this unit (its funnel, event type, sandbox).
+
+        A conversion is filtered by its own type, which it always has: its trigger may be
+        missing (an enrich_batch item with an event and no trigger) and would then read as
+        onboarding.completed. A session, whose payload type is always session.enriched, is
+        filtered by the event that started it.
+        """
+        trigger = work.trigger or {}
+        event_type = work.payload_type if work.event is not None else trigger.get("type")
+        return self.sinks[sink_name].filters.take(funnel_id, event_type, trigger.get("is_sandbox"))
 
     async def _hold(self, sink_name: str, batch: Sequence[Work], result: StageResult) -> list[Work]:
         """What may be attempted now; the rest waits in the ledger, its retries untouched.
@@ -723,11 +726,13 @@ def describe_failure(error: BaseException) -> str:
     return found.group(1) if found else type(error).__name__
 
 
-def _funnel_of(source: _Source) -> str | None:
-    """The funnel of a unit's session (None without one), for the destinations' filters."""
+def _funnel_of(source: _Source, work: Work) -> str | None:
+    """The funnel of a unit's session, for the destinations' filters; for a conversion without
+    its session, the funnel its event names (its trigger's), so funnel_ids still route it."""
     if source.session is None:
-        return None
-    funnel_id = orjson.loads(source.session.session).get("funnel_id")
+        funnel_id = (work.trigger or {}).get("funnel_id")
+    else:
+        funnel_id = orjson.loads(source.session.session).get("funnel_id")
     return funnel_id if isinstance(funnel_id, str) else None
 
 

@@ -18,6 +18,7 @@ FunnelFox simulator (``GET /sessions/{id}``):
     objreply         one more reply whose value is an object (a widget's)
     boolreply        one more reply whose value is a boolean (a checkbox)
     nouseragent      no user_agent field
+    nullattrs        an attributes object whose every key is null
     noattributes     no attributes field
     nullfields       attributes, user_agent, query, query_params, replies, origin, profile_id,
                      experiment_id and locale all null
@@ -51,6 +52,7 @@ SHAPES: tuple[str, ...] = (
     "objreply",
     "boolreply",
     "nouseragent",
+    "nullattrs",  # before noattributes and nullfields, which take the attributes away
     "noattributes",
     "nullfields",
     "bare",

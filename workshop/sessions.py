@@ -423,6 +423,7 @@ _SHAPED: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {
     "objreply": _with_reply(_reply("height", "height_picker", {"value": 180, "unit": "cm"})),
     "boolreply": _with_reply(_reply("consent", "terms_checkbox", True)),
     "nouseragent": _without("user_agent"),
+    "nullattrs": lambda session: {**session, "attributes": dict.fromkeys(session["attributes"])},
     "noattributes": _without("attributes"),
     "nullfields": lambda session: {**session, **dict.fromkeys(OPTIONAL_FIELDS)},
     "bare": lambda session: {"id": session["id"], "created_at": session["created_at"]},

@@ -251,6 +251,10 @@ SHAPE_CHECKS: dict[str, Any] = {
     "boolreply": _replies_end_with(True),
     "nouseragent": lambda body: "user_agent" not in body and "attributes" in body,
     "noattributes": lambda body: "attributes" not in body and "user_agent" in body,
+    "nullattrs": lambda body: (
+        set(body["attributes"]) >= {"country", "city", "timezone", "locale_code"}
+        and all(value is None for value in body["attributes"].values())
+    ),
     "nullfields": lambda body: (
         all(body[k] is None for k in OPTIONAL_FIELDS) and isinstance(body["funnel_id"], str)
     ),

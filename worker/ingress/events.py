@@ -6,6 +6,7 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from worker.conversions import is_conversion
 from worker.ids import SESSION_ID_PATTERN
 from worker.trigger import Trigger
 
@@ -29,7 +30,10 @@ class Event(BaseModel):
             pattern=f"^{SESSION_ID_PATTERN.pattern}$",
             description="Required for the session event types that start the pipeline "
             "(INGRESS_EVENT_TYPES); a purchase or subscription event may name its session "
-            "here, in data.session_id or in profile.session_id, or not at all.",
+            "here, in data.session_id or in profile.session_id, or not at all. A purchase or "
+            "subscription event is never refused for it: an empty string counts as absent, "
+            "and any other value that breaks this rule is delivered with data.session_error "
+            "invalid_session_id.",
             examples=["ses_01HZX3P7Q0V1M2N3B4C5D6E7F8"],
         ),
     ] = None
@@ -50,6 +54,30 @@ class Event(BaseModel):
             funnel_id=self.funnel_id,
             profile_id=self.profile_id,
         ).model_dump(mode="json")
+
+
+def parse_event(document: Any) -> tuple[Event, Any]:
+    """The event in a webhook body, and its envelope's ``session_id`` as sent (ValidationError
+    when the body is not an event).
+
+    A conversion's envelope ``session_id`` is only the first of three places its session may
+    be named, read like the other two (worker.conversions.resolve_session_id: empty counts as
+    absent, a bad one is delivered as invalid_session_id), so the model's strict rule, which
+    refuses the whole body, is kept for the session events alone.
+    """
+    if not _names_a_conversion(document):
+        event = Event.model_validate(document, strict=True)
+        return event, event.session_id
+    rest = dict(document)
+    envelope_session_id = rest.pop("session_id", None)
+    return Event.model_validate(rest, strict=True), envelope_session_id
+
+
+def _names_a_conversion(document: Any) -> bool:
+    if not isinstance(document, dict):
+        return False
+    kind = document.get("type")
+    return isinstance(kind, str) and is_conversion(kind)
 
 
 def problems(exc: ValidationError) -> list[dict[str, Any]]:

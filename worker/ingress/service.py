@@ -10,7 +10,8 @@ event's task, so a failover to one of them cannot lose an acknowledged event (el
 
 A conversion (a purchase or subscription event, ``worker.conversions``) needs no session id:
 its session is looked for in the envelope, ``data`` and ``profile``, and it is queued as its
-own unit, keyed by its event id, whatever is found.
+own unit, keyed by its event id, whatever is found (a malformed id included: it is delivered
+with ``session_error``, never refused).
 """
 
 from __future__ import annotations
@@ -40,7 +41,7 @@ from worker.errors import InvalidSessionId
 from worker.ids import check_session_id
 from worker.ingress.body import BadContentLength, BodyTooLarge, read_limited
 from worker.ingress.coalesce import Coalescer
-from worker.ingress.events import Event, problems
+from worker.ingress.events import Event, parse_event, problems
 from worker.ingress.markers import Claim, EventMarkers
 from worker.ingress.openapi import openapi_document
 from worker.keys import LEDGER_IDLE, ledger_key
@@ -185,12 +186,12 @@ class Ingress:
         except orjson.JSONDecodeError:
             return _error(400, "malformed_json", "the body is not valid JSON")
         try:
-            event = Event.model_validate(document, strict=True)
+            event, envelope_session_id = parse_event(document)
         except ValidationError as exc:
             return _error(
                 422, "invalid_event", "the body is not a FunnelFox event", problems=problems(exc)
             )
-        return await self._accept(event)
+        return await self._accept(event, envelope_session_id)
 
     # -- steps --------------------------------------------------------------------------------
 
@@ -202,7 +203,7 @@ class Ingress:
                 ok |= hmac.compare_digest(value, self._secret)
         return ok
 
-    async def _accept(self, event: Event) -> Response:
+    async def _accept(self, event: Event, envelope_session_id: Any) -> Response:
         ids = {"event_id": event.id, "type": event.type}
         if event.type not in self.config.event_types:
             return JSONResponse(
@@ -213,7 +214,7 @@ class Ingress:
                 {"status": "ignored", "reason": "sandbox events are off", **ids}, status_code=200
             )
         if is_conversion(event.type):
-            conversion = conversion_of(event.type, event.session_id, event.model_extra or {})
+            conversion = conversion_of(event.type, envelope_session_id, event.model_extra or {})
             return await self._enqueue(event, conversion.session_id, ids, conversion)
         if event.session_id is None:
             return _error(
