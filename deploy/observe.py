@@ -29,6 +29,7 @@ RULE_TESTS = ROOT / "deploy" / "prometheus" / "alerts.test.yml"
 SCRAPE_CONFIG = ROOT / "deploy" / "prometheus" / "prometheus.yml"
 DASHBOARD = ROOT / "deploy" / "grafana" / "funnelfox-enricher.json"
 WEB_JOB = "funnelfox-web"
+WEB_REPLICAS_JOB = "funnelfox-web-replicas"
 FLOWER_JOB = "flower"
 # Variables of the caller's environment that would change a run of the processes: the tests and
 # the image script set their own and drop these.
