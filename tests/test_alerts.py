@@ -44,13 +44,9 @@ from workshop.funnelfox import FunnelFoxSimulator
 from workshop.receiver import DEMO_WEBHOOK_SECRET, WebhookReceiver
 from workshop.redis_server import EmbeddedRedis
 
-# Metrics the session ledger and the destinations' breakers will serve; not served yet. The
-# rules and panels that need them are written already (group funnelfox-ledger); the scrape test
-# skips these only while they are absent. Remove this list once they land.
 # Series Prometheus makes itself rather than scrapes.
 PROMETHEUS_SERIES = {"up"}
 SEVERITIES = {"critical", "warning", "info"}
-LEDGER_GROUP = "funnelfox-ledger"
 
 
 def on_ci() -> bool:
@@ -88,11 +84,6 @@ def selectors(expr: str) -> Iterator[tuple[str, dict[str, str]]]:
 def metric_names(expr: str) -> set[str]:
     """The metric names ``expr`` reads."""
     return {name for name, _ in selectors(expr)}
-
-
-def family(name: str) -> str:
-    """The metric a sample name belongs to (a histogram's _bucket, _sum and _count)."""
-    return re.sub(r"_(bucket|sum|count)$", "", name)
 
 
 def rules_by_group() -> dict[str, list[dict[str, Any]]]:
