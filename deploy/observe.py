@@ -29,11 +29,13 @@ RULE_TESTS = ROOT / "deploy" / "prometheus" / "alerts.test.yml"
 SCRAPE_CONFIG = ROOT / "deploy" / "prometheus" / "prometheus.yml"
 DASHBOARD = ROOT / "deploy" / "grafana" / "funnelfox-enricher.json"
 WEB_JOB = "funnelfox-web"
+WEB_REPLICAS_JOB = "funnelfox-web-replicas"
 FLOWER_JOB = "flower"
 # Variables of the caller's environment that would change a run of the processes: the tests and
 # the image script set their own and drop these.
 OWN_SETTINGS = ("FUNNELFOX_", "WEBHOOK_", "RETRY_", "OUTPUT_", "WORKER_", "REDIS_", "VISIBILITY_")
-OWN_SETTINGS += ("TASK_", "FLOWER_", "INGRESS_", "LOG_", "PORT")
+OWN_SETTINGS += ("TASK_", "FLOWER_", "INGRESS_", "LOG_", "PORT", "BREAKER_", "DEDUPE_")
+OWN_SETTINGS += ("DESTINATIONS_", "ENRICHMENT_", "INLINE_", "LEDGER_", "RECONCILE_")
 
 
 def free_port() -> int:

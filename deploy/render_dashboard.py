@@ -6,7 +6,9 @@ the FunnelFox simulator and a webhook receiver), a real Prometheus loaded with
 deploy/prometheus/prometheus.yml and alerts.yml, sends FunnelFox webhooks with faults mixed in
 for a few minutes, then asks Prometheus every panel's query from
 deploy/grafana/funnelfox-enricher.json and draws the panels where the dashboard puts them.
-Panels whose metrics are not served yet show "No data", as Grafana would.
+The traffic exercises every panel, the webhook destination's circuit breaker included (the
+receiver is down for 45 s); a panel that still got no data shows "No data", as Grafana would,
+and is named on stderr with exit status 1.
 """
 
 from __future__ import annotations
@@ -119,8 +121,22 @@ def session_ids(rng: random.Random, minute: float) -> str:
     return serial
 
 
-def send_traffic(web: str, minutes: float, per_s: float, cli_env: Mapping[str, str]) -> None:
-    """FunnelFox webhooks at ``per_s``, and one backfill-sized burst through the CLI."""
+def destination_down(minute: float) -> bool:
+    """The webhook receiver answers 503 to everything for 45 s: 20 failures in a row
+    (BREAKER_FAILURES) open its breaker within seconds, the probe 30 s later (BREAKER_PROBE_S)
+    fails, and the next one, with the receiver back, closes it."""
+    return 4.0 <= minute < 4.75
+
+
+def send_traffic(
+    web: str,
+    receiver: WebhookReceiver,
+    minutes: float,
+    per_s: float,
+    cli_env: Mapping[str, str],
+) -> None:
+    """FunnelFox webhooks at ``per_s``, one backfill-sized burst through the CLI, and a
+    webhook destination down for a while."""
     rng = random.Random(7)
     started = time.monotonic()
     burst_sent = False
@@ -128,7 +144,9 @@ def send_traffic(web: str, minutes: float, per_s: float, cli_env: Mapping[str, s
         for n in itertools.count():
             elapsed = time.monotonic() - started
             if elapsed > minutes * 60:
+                receiver.set_outage(None)
                 return
+            receiver.set_outage(503 if destination_down(elapsed / 60) else None)
             if not burst_sent and elapsed > 60 * 1.2:
                 burst = "\n".join(f"ses_dashburst{i:05d}" for i in range(3000)) + "\n"
                 subprocess.run(
@@ -192,7 +210,7 @@ def observed_run(minutes: float, per_s: float) -> Iterator[tuple[Prometheus, flo
         )
         start = time.time()
         print(f"sending traffic for {minutes:g} min (webhooks at {per_s:g}/s, a burst of 3000)")
-        send_traffic(web, minutes, per_s, env)
+        send_traffic(web, receiver, minutes, per_s, env)
         time.sleep(2 * SCRAPE_S)  # a last scrape or two after the traffic
         yield prometheus, start, time.time()
 
@@ -243,8 +261,9 @@ def threshold_color(panel: Mapping[str, Any], value: float) -> str:
     return NAMED.get(color, color)
 
 
-def render(prometheus: Prometheus, start: float, end: float, out: Path) -> None:
-    """Every panel of the dashboard, from Prometheus, in one PNG."""
+def render(prometheus: Prometheus, start: float, end: float, out: Path) -> list[str]:
+    """Every panel of the dashboard, from Prometheus, in one PNG; the titles of those that
+    got no data."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -253,6 +272,7 @@ def render(prometheus: Prometheus, start: float, end: float, out: Path) -> None:
 
     dashboard = load_dashboard()
     panels = dashboard["panels"]
+    empty: list[str] = []
     by_panel: dict[int, list[Query]] = {}
     for query in dashboard_queries(dashboard, RATE_INTERVAL):
         by_panel.setdefault(query.panel["id"], []).append(query)
@@ -324,6 +344,7 @@ def render(prometheus: Prometheus, start: float, end: float, out: Path) -> None:
         ax.tick_params(colors=MUTED, labelsize=7.5, length=0)
         finite = [(t, v) for s in data for t, v in zip(s[1], s[2], strict=True) if v == v]
         if not finite:
+            empty.append(panel["title"])
             ax.set_xticks([])
             ax.set_yticks([])
             ax.text(
@@ -348,6 +369,7 @@ def render(prometheus: Prometheus, start: float, end: float, out: Path) -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, dpi=100, facecolor=BG)
     plt.close(fig)
+    return empty
 
 
 def _stat(ax: Any, panel: Mapping[str, Any], data: Sequence[Any], unit: str) -> None:
@@ -413,19 +435,42 @@ def _timeseries(ax: Any, panel: Mapping[str, Any], data: Sequence[Any], unit: st
     )
 
 
+def same(a: float, b: float) -> bool:
+    """Equal, NaN (no sample) included."""
+    return a == b or (a != a and b != b)
+
+
+def runs(times: Sequence[float], values: Sequence[float]) -> Iterator[tuple[float, float, float]]:
+    """(start, end, value) of each run of one value; the last lasts one step."""
+    start = 0
+    for i in range(1, len(values) + 1):
+        if i < len(values) and same(values[i], values[start]):
+            continue
+        end = times[i] if i < len(times) else times[-1] + STEP_S
+        yield times[start], end, values[start]
+        start = i
+
+
 def _timeline(ax: Any, panel: Mapping[str, Any], data: Sequence[Any], mdates: Any) -> None:
     mapping = panel["fieldConfig"]["defaults"]["mappings"][0]["options"]
+    stamps = [t for _, times, _ in data for t in times]
+    span = max(stamps) - min(stamps)
     for row, (_, times, values) in enumerate(data):
-        for t0, t1, v in zip(times, times[1:], values, strict=False):
+        for t0, t1, v in runs(times, values):
             option = mapping.get(str(int(v))) if v == v else None
             color = NAMED.get(option["color"], MUTED) if option else MUTED
-            ax.barh(
-                row,
-                (t1 - t0) / 86400,
-                left=mdates.date2num(datetime.fromtimestamp(t0)),
-                color=color,
-                height=0.8,
-            )
+            left, width = mdates.date2num(datetime.fromtimestamp(t0)), (t1 - t0) / 86400
+            ax.barh(row, width, left=left, color=color, height=0.8)
+            if option and t1 - t0 > 0.06 * span:  # Grafana writes a state's text where it fits
+                ax.text(
+                    left + width / 2,
+                    row,
+                    option["text"],
+                    color="white",
+                    fontsize=7.5,
+                    ha="center",
+                    va="center",
+                )
     ax.set_yticks(range(len(data)), [name for name, _, _ in data])
     ax.xaxis_date()
 
@@ -438,8 +483,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=OUT, help=f"the PNG ({OUT.relative_to(ROOT)})")
     args = parser.parse_args(argv)
     with observed_run(args.minutes, args.rate) as (prometheus, start, end):
-        render(prometheus, start, end, args.out)
+        empty = render(prometheus, start, end, args.out)
     print(args.out)
+    if empty:
+        print(f"no data in: {', '.join(empty)}", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -29,6 +29,7 @@ from deploy.observe import (
     RULES,
     SCRAPE_CONFIG,
     WEB_JOB,
+    WEB_REPLICAS_JOB,
     Prometheus,
     dashboard_queries,
     free_port,
@@ -43,13 +44,9 @@ from workshop.funnelfox import FunnelFoxSimulator
 from workshop.receiver import DEMO_WEBHOOK_SECRET, WebhookReceiver
 from workshop.redis_server import EmbeddedRedis
 
-# Metrics the session ledger and the destinations' breakers will serve; not served yet. The
-# rules and panels that need them are written already (group funnelfox-ledger); the scrape test
-# skips these only while they are absent. Remove this list once they land.
 # Series Prometheus makes itself rather than scrapes.
 PROMETHEUS_SERIES = {"up"}
 SEVERITIES = {"critical", "warning", "info"}
-LEDGER_GROUP = "funnelfox-ledger"
 
 
 def on_ci() -> bool:
@@ -87,11 +84,6 @@ def selectors(expr: str) -> Iterator[tuple[str, dict[str, str]]]:
 def metric_names(expr: str) -> set[str]:
     """The metric names ``expr`` reads."""
     return {name for name, _ in selectors(expr)}
-
-
-def family(name: str) -> str:
-    """The metric a sample name belongs to (a histogram's _bucket, _sum and _count)."""
-    return re.sub(r"_(bucket|sum|count)$", "", name)
 
 
 def rules_by_group() -> dict[str, list[dict[str, Any]]]:
@@ -189,7 +181,8 @@ def test_the_alerts_the_issue_asks_for_exist() -> None:
         "FunnelFoxRetriesClimbing": "funnelfox_retries_total",
         "FunnelFoxNoWorkerConsuming": "funnelfox_queue_depth",
         "FunnelFoxNoWorkerOnline": "flower_worker_online",
-        "FunnelFoxWebNotReady": f'up{{job="{WEB_JOB}"}}',
+        "FunnelFoxWebNotReady": f'up{{job="{WEB_REPLICAS_JOB}"}}',
+        "FunnelFoxMetricsDown": f'up{{job="{WEB_JOB}"}}',
     }
     for alert, needle in wanted.items():
         assert needle in exprs[alert], alert
@@ -197,10 +190,10 @@ def test_the_alerts_the_issue_asks_for_exist() -> None:
 
 def test_the_rules_use_the_shipped_job_names() -> None:
     config = SCRAPE_CONFIG.read_text()
-    for job in (WEB_JOB, FLOWER_JOB):
+    for job in (WEB_JOB, WEB_REPLICAS_JOB, FLOWER_JOB):
         assert f"job_name: {job}" in config
     jobs = set(re.findall(r'job="([^"]+)"', RULES.read_text()))
-    assert jobs == {WEB_JOB, FLOWER_JOB}
+    assert jobs == {WEB_JOB, WEB_REPLICAS_JOB, FLOWER_JOB}
 
 
 def test_the_dashboard_has_the_panels_the_issue_asks_for() -> None:
@@ -318,9 +311,13 @@ def stack(redis_server_url: str, tmp_path_factory: pytest.TempPathFactory) -> It
         lost_redis.stop(kill=True)
         processes.append(start_worker(env))
         if prometheus_binary():
+            # Two replicas: the service address leads to the ready one, as a load balancer
+            # checking /readyz would; each replica's own address is scraped for readiness.
+            replicas = [f"127.0.0.1:{ports['web']}", f"127.0.0.1:{ports['unready']}"]
             prometheus = Prometheus(
                 {
-                    WEB_JOB: [f"127.0.0.1:{ports['web']}", f"127.0.0.1:{ports['unready']}"],
+                    WEB_JOB: replicas[:1],
+                    WEB_REPLICAS_JOB: replicas,
                     FLOWER_JOB: [f"127.0.0.1:{ports['flower']}"],
                 }
             )
@@ -387,9 +384,17 @@ def test_prometheus_loads_the_rules_and_evaluates_them_on_real_data(stack: Stack
     unready = stack.unready_web.removeprefix("http://")
 
     def scraped() -> bool:
-        up = {s["metric"]["instance"]: s["value"][1] for s in prometheus.query("up")}
+        up = {
+            (s["metric"]["job"], s["metric"]["instance"]): s["value"][1]
+            for s in prometheus.query("up")
+        }
         flower = stack.flower.removeprefix("http://")
-        return up.get(host) == "1" and up.get(unready) == "0" and up.get(flower) == "1"
+        return up == {
+            (WEB_JOB, host): "1",
+            (WEB_REPLICAS_JOB, host): "1",
+            (WEB_REPLICAS_JOB, unready): "0",
+            (FLOWER_JOB, flower): "1",
+        }
 
     assert wait_until(scraped, 60, interval_s=0.5), prometheus.query("up")
     # /readyz fails on the web that cannot reach Redis, and Prometheus' scrape of it fails.
@@ -425,9 +430,27 @@ def test_prometheus_loads_the_rules_and_evaluates_them_on_real_data(stack: Stack
     assert wait_until(raised, 60, interval_s=0.5), active()
     now = active()
     assert [a["instance"] for a in now["FunnelFoxWebNotReady"]] == [unready]
+    assert "FunnelFoxMetricsDown" not in now  # the service address answers
     assert "FunnelFoxDeadLettersWaiting" in now  # the 404's record waits in the store
     for quiet in ("FunnelFoxNoWorkerConsuming", "FunnelFoxNoWorkerOnline", "FunnelFoxFlowerDown"):
         assert quiet not in now, now[quiet]
+
+
+@pytest.mark.integration
+def test_the_replicas_job_keeps_only_up_so_nothing_is_counted_twice(stack: Stack) -> None:
+    prometheus = prometheus_of(stack)
+    # Both jobs scrape the ready web: the service job keeps its numbers, the replicas job not.
+    served = f'funnelfox_sessions_fetched_total{{job="{WEB_JOB}"}}'
+    scraped = f'up{{job="{WEB_REPLICAS_JOB}"}} == 1'
+    assert wait_until(
+        lambda: bool(prometheus.query(served) and prometheus.query(scraped)), 60, interval_s=0.5
+    )
+    kept = prometheus.query(f'count by (__name__) ({{job="{WEB_REPLICAS_JOB}"}})')
+    names = {sample["metric"]["__name__"] for sample in kept}
+    assert "up" in names
+    # What Prometheus makes itself: the scrape's own series and the alerts on them.
+    made = {"up", "ALERTS", "ALERTS_FOR_STATE"}
+    assert all(name in made or name.startswith("scrape_") for name in names), names
 
 
 @pytest.mark.integration

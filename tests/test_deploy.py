@@ -8,7 +8,8 @@ Rules checked here:
   settings model (or is one compose itself substitutes, like ``REDIS_MAXMEMORY``), and every
   variable a settings model reads is in ``.env.example``;
 - Redis keeps an AOF synced before every answer, and a memory ceiling it never evicts under;
-- the optional "sentinel" profile (a replica, three Sentinels) is off by default, and with
+- the optional "sentinel" profile (a replica, three Sentinels) is off by default, its replica
+  runs with the primary's persistence, memory ceiling and eviction policy, and with
   ``compose.sentinel.env`` every process's REDIS_URL names exactly its Sentinels and the
   primary they watch.
 """
@@ -20,6 +21,7 @@ import os
 import re
 import shlex
 from functools import cache
+from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
@@ -163,6 +165,19 @@ def redis_option(name: str) -> str:
     return str(command[command.index(f"--{name}") + 1])
 
 
+def replica_options() -> dict[str, str]:
+    """``--name value`` options of the redis-server the replica's start script execs."""
+    script = text(service("redis-replica")["command"]).replace("\\\n", " ")
+    starts = [line for line in script.splitlines() if line.strip().startswith("exec redis-server")]
+    assert len(starts) == 1, "one exec redis-server line"
+    argv = shlex.split(starts[0])[2:]
+    return {
+        option[2:]: value
+        for option, value in pairwise(argv)
+        if option.startswith("--") and not value.startswith("--")
+    }
+
+
 def test_redis_persists_every_acknowledged_write() -> None:
     # The README's durability statement rests on these two: an AOF, fsynced before Redis
     # answers, so a power loss loses nothing a client was told was written.
@@ -225,9 +240,11 @@ def test_the_replica_keeps_what_the_primary_keeps() -> None:
     assert "for sentinel in " + " ".join(SENTINEL_SERVICES[1:]) + ";" in command
     assert "set -- redis 6379" in command
     assert '--replicaof "$$1" "$$2"' in command
-    for option in ("--appendonly yes", "--maxmemory-policy noeviction"):
-        assert option in text(primary["command"])
-        assert option in command
+    # Promoted, it takes the primary's writes: the same durability, ceiling (same variable and
+    # default) and eviction policy.
+    replica_has = replica_options()
+    for option in ("appendonly", "appendfsync", "maxmemory", "maxmemory-policy"):
+        assert replica_has.get(option) == redis_option(option), option
     # Each announces its service name, so the Sentinels never hold a stale container IP.
     assert "--replica-announce-ip redis " in text(primary["command"]) + " "
     assert "--replica-announce-ip redis-replica" in command
