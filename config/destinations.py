@@ -29,6 +29,8 @@ from pydantic import (
     model_validator,
 )
 
+from config.sensitive import url_secrets
+
 NAME_PATTERN = r"^[a-z0-9_-]{1,32}$"
 _VARIABLE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 
@@ -93,6 +95,10 @@ class _Base(BaseModel):
             funnel_ids=self.funnel_ids, event_types=self.event_types, sandbox=self.sandbox
         )
 
+    def sensitive_values(self) -> list[str]:
+        """What of its settings must never reach a log line: each kind names its own."""
+        return []
+
 
 class WebhookDestination(_Base):
     """A signed POST per session (Standard Webhooks); every key signs each delivery."""
@@ -131,6 +137,10 @@ class WebhookDestination(_Base):
         """Where it delivers, without credentials or query string (for listings and logs)."""
         return re.sub(r"//[^/@]*@", "//", self.url).split("?", 1)[0]
 
+    def sensitive_values(self) -> list[str]:
+        """Its signing keys, and its URL's password and query string."""
+        return [key.get_secret_value() for key in self.secrets] + url_secrets(self.url)
+
 
 class StreamDestination(_Base):
     """An XADD per session to a Redis stream, capped in length."""
@@ -146,6 +156,10 @@ class StreamDestination(_Base):
         if self.redis_url is None:
             return self.stream
         return re.sub(r"//[^/@]*@", "//", self.redis_url).split("?", 1)[0] + " " + self.stream
+
+    def sensitive_values(self) -> list[str]:
+        """Its Redis URL's password and options, when it names a Redis of its own."""
+        return url_secrets(self.redis_url)
 
 
 Destination = Annotated[WebhookDestination | StreamDestination, Field(discriminator="type")]

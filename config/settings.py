@@ -22,6 +22,7 @@ from config.destinations import (
     load_destinations_file,
 )
 from config.redis_url import check_redis_url
+from config.sensitive import url_secrets
 
 
 class ConfigError(Exception):
@@ -245,6 +246,15 @@ class Settings(BaseSettings):
         """The longest timeout of any webhook destination (WEBHOOK_TIMEOUT_S when none)."""
         timeouts = [d.timeout_s for d in self.destinations if isinstance(d, WebhookDestination)]
         return max(timeouts, default=self.webhook.timeout_s)
+
+    def sensitive_values(self) -> list[str]:
+        """Every secret this configuration holds, its URLs' credentials and every
+        destination's (DESTINATIONS_FILE's included): what a log line must never show."""
+        found = [s.get_secret_value() for s in (self.funnelfox.secret, self.webhook.secret) if s]
+        found += url_secrets(self.webhook.url) + url_secrets(self.redis_url)
+        for destination in self.destinations:
+            found += destination.sensitive_values()
+        return found
 
     @property
     def enabled_sinks(self) -> list[str]:

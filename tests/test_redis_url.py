@@ -10,9 +10,10 @@ import pytest
 
 from config import ConfigError, load_settings
 from config.redis_url import SentinelURL, check_redis_url, parse_sentinel_url
+from config.sensitive import url_secrets
 from worker.celeryconfig import celery_config
 from worker.producer import producer_config
-from worker.redact import make_scrubber, url_secrets
+from worker.redact import make_scrubber
 from worker.redis_clients import kombu_broker
 
 PASSWORD = "s3cr:et@pw"

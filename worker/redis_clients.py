@@ -26,8 +26,9 @@ from redis.sentinel import Sentinel
 
 from config import ConfigError
 from config.redis_url import SentinelURL, parse_sentinel_url
+from config.sensitive import url_secrets
 from worker.keys import REPLICATION_PROBE
-from worker.redact import make_scrubber, url_secrets
+from worker.redact import make_scrubber
 
 
 def async_client(
