@@ -243,9 +243,10 @@ class Settings(BaseSettings):
 
     @property
     def slowest_delivery_s(self) -> float:
-        """The longest timeout of any webhook destination (WEBHOOK_TIMEOUT_S when none)."""
-        timeouts = [d.timeout_s for d in self.destinations if isinstance(d, WebhookDestination)]
-        return max(timeouts, default=self.webhook.timeout_s)
+        """The longest delivery timeout of any destination that sets one (WEBHOOK_TIMEOUT_S
+        when none does)."""
+        timeouts = [d.delivery_timeout_s for d in self.destinations]
+        return max((t for t in timeouts if t is not None), default=self.webhook.timeout_s)
 
     def sensitive_values(self) -> list[str]:
         """Every secret this configuration holds, its URLs' credentials and every
