@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 import redis
-from processes import ROOT, run_cli
+from processes import ROOT, lacking_database, run_cli
 from test_procfile import procfile_line
 
 pytestmark = pytest.mark.integration
@@ -48,7 +48,13 @@ def test_enqueue_and_dlq_run_with_only_redis_url(
 BAD_URLS = {
     "no scheme": ("localhost:6379", "must start with redis://"),
     "nothing listens": ("redis://127.0.0.1:1/0", "no Redis answers there"),
-    "bad db index": ("redis://127.0.0.1:6379/zero", "database index"),
+    "bad db index": ("redis://127.0.0.1:6379/zero", "database index that is not a whole number"),
+    "db index too large": ("redis://127.0.0.1:6379/99999", "database index out of range (99999)"),
+    # {lacking}: the test Redis, at the first database index it does not have.
+    "db the server lacks": (
+        "{lacking}",
+        "Redis answered but refused: ResponseError: DB index is out of range",
+    ),
 }
 PROCESSES = {
     "enqueue": [sys.executable, "-m", "worker", "enqueue", "ses_x"],
@@ -64,8 +70,11 @@ PROCESSES = {
 
 @pytest.mark.parametrize("process", PROCESSES)
 @pytest.mark.parametrize("case", BAD_URLS)
-def test_a_bad_redis_url_is_one_line_naming_it(process: str, case: str) -> None:
+def test_a_bad_redis_url_is_one_line_naming_it(
+    process: str, case: str, redis_server_url: str
+) -> None:
     url, expected = BAD_URLS[case]
+    url = url.replace("{lacking}", lacking_database(redis_server_url))
     env = bare_env(
         REDIS_URL=url,
         FUNNELFOX_SECRET="secret_x",
