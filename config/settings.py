@@ -144,12 +144,25 @@ def parse_schedule(value: str) -> tuple[float, ...]:
     return delays
 
 
-class Settings(BaseSettings):
-    """Everything a process of this project reads from its environment."""
+class RedisSettings(BaseSettings):
+    """REDIS_URL: what every process reads, and all that Flower reads of these settings."""
 
     model_config = _config("")
 
     redis_url: str = "redis://localhost:6379/0"
+
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_url(cls, value: str) -> str:
+        check_redis_url(value)
+        return value
+
+
+class Settings(RedisSettings):
+    """Everything a process of this project reads from its environment."""
+
+    model_config = _config("")
+
     # Replication to a standby is asynchronous: a failover loses the primary's last writes.
     # With N > 0, an acknowledgement (the ingress's 202 or 200 duplicate, `enqueue`'s exit 0)
     # waits until N replicas hold the message (WAIT), and fails (503, exit 1) if they do not
@@ -204,12 +217,6 @@ class Settings(BaseSettings):
     @classmethod
     def _blank_is_off(cls, value: str | None) -> str | None:
         return value or None
-
-    @field_validator("redis_url")
-    @classmethod
-    def _redis_url(cls, value: str) -> str:
-        check_redis_url(value)
-        return value
 
     @cached_property
     def destinations(self) -> list[Destination]:
@@ -309,6 +316,15 @@ def load_settings(*, require_sink: bool = True, **overrides: Any) -> Settings:
     if require_sink:
         settings.check_sinks()
     return settings
+
+
+def load_redis_url() -> str:
+    """REDIS_URL alone, checked; ConfigError names it. For a process that needs nothing else
+    of these settings (Flower), so it starts without a worker's variables."""
+    try:
+        return RedisSettings().redis_url
+    except ValidationError as exc:
+        raise ConfigError(describe_invalid(RedisSettings, exc)) from None
 
 
 def describe_invalid(model: type[BaseSettings], exc: ValidationError) -> str:

@@ -24,7 +24,16 @@ WHSEC = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
 
 def bare_env(**extra: str) -> dict[str, str]:
     """The machine's environment without any of this product's variables."""
-    ours = ("FUNNELFOX_", "WEBHOOK_", "OUTPUT_", "REDIS_", "INGRESS_", "FLOWER_", "WORKER_")
+    ours = (
+        "FUNNELFOX_",
+        "WEBHOOK_",
+        "OUTPUT_",
+        "DESTINATIONS_",
+        "REDIS_",
+        "INGRESS_",
+        "FLOWER_",
+        "WORKER_",
+    )
     env = {k: v for k, v in os.environ.items() if not k.startswith(ours)}
     return {**env, **extra}
 
@@ -75,14 +84,16 @@ def test_a_bad_redis_url_is_one_line_naming_it(
 ) -> None:
     url, expected = BAD_URLS[case]
     url = url.replace("{lacking}", lacking_database(redis_server_url))
+    # Only a worker delivers, so only a worker is given a sink: every other process must name
+    # REDIS_URL without one.
+    sink = {"WEBHOOK_URL": "http://127.0.0.1:9/hook", "WEBHOOK_SECRET": WHSEC}
     env = bare_env(
         REDIS_URL=url,
         FUNNELFOX_SECRET="secret_x",
-        WEBHOOK_URL="http://127.0.0.1:9/hook",
-        WEBHOOK_SECRET=WHSEC,
         FLOWER_BASIC_AUTH="ops:pw",
         PORT="0",
         PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
+        **(sink if process == "worker" else {}),
     )
     done = subprocess.run(
         PROCESSES[process], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60
