@@ -277,7 +277,7 @@ def _print(outcomes: Sequence[Outcome], live: Sequence[LiveOutcome]) -> None:
         print("\n" + live_report.live_table(live))
     for title, lines in (
         ("Ratios", [*report.ratios(outcomes), *live_report.floor_ratios(outcomes)]),
-        ("Targets (issue 6)", report.targets(outcomes)),
+        ("Targets (throughput and memory)", report.targets(outcomes)),
         ("Targets (the ledger's cost)", report.ledger_targets(outcomes)),
         ("Targets (live path)", live_report.live_targets(outcomes, live)),
         (

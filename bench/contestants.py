@@ -24,7 +24,6 @@ from bench.harness import (
     wait_until,
 )
 from bench.measure import (
-    UNACKED_KEY,
     Outcome,
     QueueWatch,
     analyse_deliveries,
@@ -33,6 +32,7 @@ from bench.measure import (
 )
 from bench.services import BenchRedis, Receiver, Simulator
 from worker.keys import DEAD_LETTERS as RECORDS_KEY
+from worker.keys import KOMBU_UNACKED
 from workshop.procfile import local_command, procfile_command
 
 READY = " ready."
@@ -135,7 +135,7 @@ def broker_backlog(client: redis.Redis) -> tuple[int, int]:
     """Messages queued (in any list) and messages delivered but not yet acknowledged."""
     # The benchmark's database holds only its own keys, so every list is a queue.
     queued = sum(int(client.llen(key)) for key in client.scan_iter(_type="list", count=1000))
-    return queued, int(client.hlen(UNACKED_KEY))
+    return queued, int(client.hlen(KOMBU_UNACKED))
 
 
 def broker_idle(client: redis.Redis) -> bool:

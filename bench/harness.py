@@ -172,7 +172,7 @@ class TreeMonitor:
                 with contextlib.suppress(psutil.Error):
                     split.append(process.memory_info().rss)
             # Summed RSS counts pages a prefork parent shares with its children more than once:
-            # an upper bound, the figure the memory target is stated in.
+            # an upper bound, the figure the memory target (bench/report.py) is stated in.
             if sum(split) > self.peak_rss_bytes:
                 self.peak_rss_bytes, self.peak_rss_split = sum(split), split
             self.peak_processes = max(self.peak_processes, len(split))

@@ -1,4 +1,4 @@
-"""The live steps as tables, and the issue's targets that need them (live, floor, bulk)."""
+"""The live steps as tables, and the targets that need them (live, floor, bulk)."""
 
 from __future__ import annotations
 

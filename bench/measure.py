@@ -12,8 +12,8 @@ from typing import Any
 
 import redis
 
-# kombu's Redis transport keeps every delivered, not yet acknowledged message in this hash.
-UNACKED_KEY = "unacked"
+from worker.keys import KOMBU_UNACKED
+
 _PROBLEM = re.compile(r"\b(WARNING|ERROR|CRITICAL)\b|Traceback|Error:")
 # Said by Celery to anyone running it as root: about the machine, not the worker.
 _ROOT_WARNING = ("SecurityWarning", "superuser privileges", "_warn_or_raise_security_error")
@@ -177,7 +177,7 @@ class QueueWatch:
             now = time.monotonic()
             with self._client.pipeline(transaction=False) as pipe:
                 pipe.llen(self._queue)
-                pipe.hlen(UNACKED_KEY)
+                pipe.hlen(KOMBU_UNACKED)
                 queued, unacked = pipe.execute()
             self.remaining = int(queued) + int(unacked)
             if self.first_drop is None and queued < self._n:

@@ -31,7 +31,16 @@ import redis.asyncio as aioredis
 from bench.harness import ROOT, Child, base_env, stop_all, wait_until
 from bench.services import Receiver, Simulator, funnelfox_secret, webhook_secret
 from worker.ingress.markers import EventMarkers
-from worker.keys import DEAD_LETTER_PAYLOADS, DEAD_LETTERS, delivery_queue
+from worker.keys import (
+    DEAD_LETTER_PAYLOADS,
+    DEAD_LETTERS,
+    FETCH_QUEUE,
+    KOMBU_UNACKED,
+    METRICS,
+    delivered_key,
+    delivery_queue,
+    event_key,
+)
 from workshop.procfile import local_command, procfile_command
 from workshop.redis_server import EmbeddedRedis
 
@@ -82,7 +91,7 @@ def _worker(env: dict[str, str], log_dir: Path, name: str, *args: str) -> Child:
 
 
 def _metric(client: redis.Redis, field: str) -> int:
-    return int(client.hget("ffe:metrics", field) or 0)
+    return int(client.hget(METRICS, field) or 0)
 
 
 def run(n: int, refused: int, log_dir: Path) -> list[Row]:
@@ -136,19 +145,19 @@ def _run_with(
         check=True,
     )
     time.sleep(0.2)  # client buffers settle
-    messages = int(client.llen("enrich"))
+    messages = int(client.llen(FETCH_QUEUE))
     fetch_row = Row(
         "queued fetch message (100 ids)",
         messages,
-        usage(client, "enrich") / messages,
+        usage(client, FETCH_QUEUE) / messages,
         (used(client) - before) / messages,
         note="used_memory grown by the enqueue",
     )
     # Only the fetch queue: every payload is built and its delivery messages wait.
-    fetcher = _worker(env, log_dir, "fetcher", "-Q", "enrich")
+    fetcher = _worker(env, log_dir, "fetcher", "-Q", FETCH_QUEUE)
     fetched = n + refused
     ok = wait_until(
-        lambda: _metric(client, "sessions_fetched|") >= fetched and client.hlen("unacked") == 0,
+        lambda: _metric(client, "sessions_fetched|") >= fetched and client.hlen(KOMBU_UNACKED) == 0,
         300,
     )
     fetcher.stop()
@@ -177,7 +186,7 @@ def _run_with(
     if not ok:
         raise RuntimeError(f"the delivery did not finish:\n{deliverer.output()}")
     # The queues are empty now; drain what kombu keeps besides, so drops are each kind's own.
-    records = [k.decode() for k in client.scan_iter("ffe:delivered:*", count=1000)]
+    records = [k.decode() for k in client.scan_iter(delivered_key("*", "*"), count=1000)]
     return [
         fetch_row,
         delivery_row,
@@ -202,7 +211,7 @@ async def _event_markers(url: str, client: redis.Redis, n: int) -> Row:
         await markers.claim(event_id)
         await markers.confirm(event_id)
     await async_client.aclose()
-    keys = [f"ffe:event:{event_id}" for event_id in ids]
+    keys = [event_key(event_id) for event_id in ids]
     return measure(client, "ingress event marker (ffe:event:<id>)", keys, n)
 
 

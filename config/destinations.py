@@ -16,7 +16,7 @@ import re
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 
 from pydantic import (
     BaseModel,
@@ -28,6 +28,8 @@ from pydantic import (
     field_validator,
     model_validator,
 )
+
+from config.sensitive import url_secrets
 
 NAME_PATTERN = r"^[a-z0-9_-]{1,32}$"
 _VARIABLE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
@@ -93,6 +95,16 @@ class _Base(BaseModel):
             funnel_ids=self.funnel_ids, event_types=self.event_types, sandbox=self.sandbox
         )
 
+    @property
+    def delivery_timeout_s(self) -> float | None:
+        """How long one delivery may take by its own setting; None: it has no setting of its
+        own (a stream's XADD is bounded by its Redis client's timeout)."""
+        return None
+
+    def sensitive_values(self) -> list[str]:
+        """What of its settings must never reach a log line: each kind names its own."""
+        return []
+
 
 class WebhookDestination(_Base):
     """A signed POST per session (Standard Webhooks); every key signs each delivery."""
@@ -131,6 +143,15 @@ class WebhookDestination(_Base):
         """Where it delivers, without credentials or query string (for listings and logs)."""
         return re.sub(r"//[^/@]*@", "//", self.url).split("?", 1)[0]
 
+    @property
+    def delivery_timeout_s(self) -> float | None:
+        """Its request timeout."""
+        return self.timeout_s
+
+    def sensitive_values(self) -> list[str]:
+        """Its signing keys, and its URL's password and query string."""
+        return [key.get_secret_value() for key in self.secrets] + url_secrets(self.url)
+
 
 class StreamDestination(_Base):
     """An XADD per session to a Redis stream, capped in length."""
@@ -147,9 +168,18 @@ class StreamDestination(_Base):
             return self.stream
         return re.sub(r"//[^/@]*@", "//", self.redis_url).split("?", 1)[0] + " " + self.stream
 
+    def sensitive_values(self) -> list[str]:
+        """Its Redis URL's password and options, when it names a Redis of its own."""
+        return url_secrets(self.redis_url)
 
+
+# The one list of destination kinds: a new kind's model joins this union (and its sink joins
+# worker.sinks.registry); KINDS and the file's error messages are read off it.
 Destination = Annotated[WebhookDestination | StreamDestination, Field(discriminator="type")]
 _DESTINATIONS = TypeAdapter(list[Destination])
+KINDS: tuple[str, ...] = tuple(
+    model.model_fields["type"].default for model in get_args(get_args(Destination)[0])
+)
 
 
 def substitute(value: Any, environ: Mapping[str, str], where: str) -> Any:
@@ -206,13 +236,13 @@ def describe(path: str | Path, raw: list[Any], exc: ValidationError) -> str:
         loc = list(error["loc"])
         first = loc.pop(0) if loc and isinstance(loc[0], int) else None
         index = first if isinstance(first, int) else None
-        if loc and loc[0] in ("webhook", "redis_stream"):
+        if loc and loc[0] in KINDS:
             loc.pop(0)  # pydantic names the union member; the file's reader knows the type
         label = _label(raw[index], index + 1) if index is not None else "?"
         field = ".".join(str(part) for part in loc) or "type"
         message = str(error["msg"]).removeprefix("Value error, ")
         if error["type"] == "union_tag_invalid":
-            message = "unknown type: must be webhook or redis_stream"
+            message = "unknown type: must be " + " or ".join(KINDS)
         problems.append(f"{path}: destination {label}, {field}: {message}")
     return "; ".join(problems)
 

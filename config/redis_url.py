@@ -20,6 +20,9 @@ SENTINEL_SCHEME = "sentinel"
 SENTINEL_PORT = 26379
 SENTINEL_OPTIONS = ("master", "sentinel_password")
 EXAMPLE = "sentinel://host1:26379,host2:26379,host3:26379/0?master=mymaster"
+# A sanity bound, far above any server's `databases` (16 by default): which indexes exist is
+# the server's to say, and a connection names an index it lacks (redis_clients).
+MAX_DB = 2**16 - 1
 
 
 @dataclass(frozen=True)
@@ -69,8 +72,8 @@ def parse_sentinel_url(url: str) -> SentinelURL | None:
         password = unquote(secret) if colon else None
     sentinels = tuple(_sentinel(entry) for entry in hosts.split(","))
     db_text = parts.path.lstrip("/")
-    if db_text and not (db_text.isdigit() and int(db_text) < 2**16):
-        raise ValueError(f"has a database index that is not a whole number ({db_text!r})")
+    if db_text:
+        check_db_index(db_text)
     options = parse_qs(parts.query, keep_blank_values=True)
     unknown = sorted(set(options) - set(SENTINEL_OPTIONS))
     if unknown:
@@ -136,5 +139,16 @@ def check_redis_url(url: str) -> None:
     db = parse_qs(parts.query).get("db", [""])[0]
     if parts.scheme != "unix":
         db = parts.path.lstrip("/") or db
-    if db and not (db.isdigit() and int(db) < 2**16):
-        raise ValueError(f"has a database index that is not a whole number ({db!r})")
+    if db:
+        check_db_index(db)
+
+
+def check_db_index(text: str) -> None:
+    """Raise ValueError unless ``text`` is a database index from 0 to MAX_DB."""
+    if not (text.isascii() and text.isdigit()):
+        raise ValueError(f"has a database index that is not a whole number ({text!r})")
+    if int(text) > MAX_DB:
+        raise ValueError(
+            f"has a database index out of range ({text}): at most {MAX_DB}, and below the "
+            "server's `databases` setting (16 by default)"
+        )

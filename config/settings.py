@@ -22,6 +22,7 @@ from config.destinations import (
     load_destinations_file,
 )
 from config.redis_url import check_redis_url
+from config.sensitive import url_secrets
 
 
 class ConfigError(Exception):
@@ -143,12 +144,25 @@ def parse_schedule(value: str) -> tuple[float, ...]:
     return delays
 
 
-class Settings(BaseSettings):
-    """Everything a process of this project reads from its environment."""
+class RedisSettings(BaseSettings):
+    """REDIS_URL: what every process reads, and all that Flower reads of these settings."""
 
     model_config = _config("")
 
     redis_url: str = "redis://localhost:6379/0"
+
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_url(cls, value: str) -> str:
+        check_redis_url(value)
+        return value
+
+
+class Settings(RedisSettings):
+    """Everything a process of this project reads from its environment."""
+
+    model_config = _config("")
+
     # Replication to a standby is asynchronous: a failover loses the primary's last writes.
     # With N > 0, an acknowledgement (the ingress's 202 or 200 duplicate, `enqueue`'s exit 0)
     # waits until N replicas hold the message (WAIT), and fails (503, exit 1) if they do not
@@ -204,12 +218,6 @@ class Settings(BaseSettings):
     def _blank_is_off(cls, value: str | None) -> str | None:
         return value or None
 
-    @field_validator("redis_url")
-    @classmethod
-    def _redis_url(cls, value: str) -> str:
-        check_redis_url(value)
-        return value
-
     @cached_property
     def destinations(self) -> list[Destination]:
         """Where sessions are delivered: the shorthands first, then DESTINATIONS_FILE's."""
@@ -242,9 +250,19 @@ class Settings(BaseSettings):
 
     @property
     def slowest_delivery_s(self) -> float:
-        """The longest timeout of any webhook destination (WEBHOOK_TIMEOUT_S when none)."""
-        timeouts = [d.timeout_s for d in self.destinations if isinstance(d, WebhookDestination)]
-        return max(timeouts, default=self.webhook.timeout_s)
+        """The longest delivery timeout of any destination that sets one (WEBHOOK_TIMEOUT_S
+        when none does)."""
+        timeouts = [d.delivery_timeout_s for d in self.destinations]
+        return max((t for t in timeouts if t is not None), default=self.webhook.timeout_s)
+
+    def sensitive_values(self) -> list[str]:
+        """Every secret this configuration holds, its URLs' credentials and every
+        destination's (DESTINATIONS_FILE's included): what a log line must never show."""
+        found = [s.get_secret_value() for s in (self.funnelfox.secret, self.webhook.secret) if s]
+        found += url_secrets(self.webhook.url) + url_secrets(self.redis_url)
+        for destination in self.destinations:
+            found += destination.sensitive_values()
+        return found
 
     @property
     def enabled_sinks(self) -> list[str]:
@@ -298,6 +316,15 @@ def load_settings(*, require_sink: bool = True, **overrides: Any) -> Settings:
     if require_sink:
         settings.check_sinks()
     return settings
+
+
+def load_redis_url() -> str:
+    """REDIS_URL alone, checked; ConfigError names it. For a process that needs nothing else
+    of these settings (Flower), so it starts without a worker's variables."""
+    try:
+        return RedisSettings().redis_url
+    except ValidationError as exc:
+        raise ConfigError(describe_invalid(RedisSettings, exc)) from None
 
 
 def describe_invalid(model: type[BaseSettings], exc: ValidationError) -> str:

@@ -17,6 +17,7 @@ from typing import Any
 
 import httpx
 import orjson
+import redis
 
 from workshop.procfile import local_command, procfile_command
 from workshop.receiver import DEMO_WEBHOOK_SECRET
@@ -56,6 +57,16 @@ def fleet_env(
         PYTHONUNBUFFERED="1",
     )
     return env
+
+
+def lacking_database(server_url: str) -> str:
+    """A Redis server's URL at the first database index it does not have."""
+    client = redis.Redis.from_url(server_url)
+    try:
+        databases = int(client.config_get("databases")["databases"])
+    finally:
+        client.close()
+    return f"{server_url.rsplit('/', 1)[0]}/{databases}"
 
 
 def wait_until(condition: Callable[[], bool], timeout_s: float, interval_s: float = 0.05) -> bool:

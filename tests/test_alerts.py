@@ -170,7 +170,7 @@ def test_every_alert_says_what_it_is_what_to_do_and_how_bad() -> None:
     assert len(names) == len(set(names))
 
 
-def test_the_alerts_the_issue_asks_for_exist() -> None:
+def test_the_alerts_the_readme_promises_exist() -> None:
     exprs = {rule["alert"]: rule["expr"] for rule in all_rules()}
     wanted = {
         "FunnelFoxDeadLetters": "funnelfox_dead_letters_total",
@@ -196,7 +196,7 @@ def test_the_rules_use_the_shipped_job_names() -> None:
     assert jobs == {WEB_JOB, WEB_REPLICAS_JOB, FLOWER_JOB}
 
 
-def test_the_dashboard_has_the_panels_the_issue_asks_for() -> None:
+def test_the_dashboard_has_the_panels_the_readme_promises() -> None:
     dashboard = load_dashboard()
     queries = list(dashboard_queries(dashboard))
     exprs = " ".join(q.expr for q in queries)

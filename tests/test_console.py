@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 import redis
-from processes import ROOT, run_cli
+from processes import ROOT, lacking_database, run_cli
 from test_procfile import procfile_line
 
 pytestmark = pytest.mark.integration
@@ -24,7 +24,16 @@ WHSEC = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
 
 def bare_env(**extra: str) -> dict[str, str]:
     """The machine's environment without any of this product's variables."""
-    ours = ("FUNNELFOX_", "WEBHOOK_", "OUTPUT_", "REDIS_", "INGRESS_", "FLOWER_", "WORKER_")
+    ours = (
+        "FUNNELFOX_",
+        "WEBHOOK_",
+        "OUTPUT_",
+        "DESTINATIONS_",
+        "REDIS_",
+        "INGRESS_",
+        "FLOWER_",
+        "WORKER_",
+    )
     env = {k: v for k, v in os.environ.items() if not k.startswith(ours)}
     return {**env, **extra}
 
@@ -48,7 +57,13 @@ def test_enqueue_and_dlq_run_with_only_redis_url(
 BAD_URLS = {
     "no scheme": ("localhost:6379", "must start with redis://"),
     "nothing listens": ("redis://127.0.0.1:1/0", "no Redis answers there"),
-    "bad db index": ("redis://127.0.0.1:6379/zero", "database index"),
+    "bad db index": ("redis://127.0.0.1:6379/zero", "database index that is not a whole number"),
+    "db index too large": ("redis://127.0.0.1:6379/99999", "database index out of range (99999)"),
+    # {lacking}: the test Redis, at the first database index it does not have.
+    "db the server lacks": (
+        "{lacking}",
+        "Redis answered but refused: ResponseError: DB index is out of range",
+    ),
 }
 PROCESSES = {
     "enqueue": [sys.executable, "-m", "worker", "enqueue", "ses_x"],
@@ -64,16 +79,21 @@ PROCESSES = {
 
 @pytest.mark.parametrize("process", PROCESSES)
 @pytest.mark.parametrize("case", BAD_URLS)
-def test_a_bad_redis_url_is_one_line_naming_it(process: str, case: str) -> None:
+def test_a_bad_redis_url_is_one_line_naming_it(
+    process: str, case: str, redis_server_url: str
+) -> None:
     url, expected = BAD_URLS[case]
+    url = url.replace("{lacking}", lacking_database(redis_server_url))
+    # Only a worker delivers, so only a worker is given a sink: every other process must name
+    # REDIS_URL without one.
+    sink = {"WEBHOOK_URL": "http://127.0.0.1:9/hook", "WEBHOOK_SECRET": WHSEC}
     env = bare_env(
         REDIS_URL=url,
         FUNNELFOX_SECRET="secret_x",
-        WEBHOOK_URL="http://127.0.0.1:9/hook",
-        WEBHOOK_SECRET=WHSEC,
         FLOWER_BASIC_AUTH="ops:pw",
         PORT="0",
         PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
+        **(sink if process == "worker" else {}),
     )
     done = subprocess.run(
         PROCESSES[process], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from config.destinations import (
+    KINDS,
     DestinationError,
     Filters,
     StreamDestination,
@@ -156,3 +157,28 @@ def test_a_destinations_file_alone_is_enough(
     path = write(tmp_path, '[[destinations]]\nname = "w"\ntype = "redis_stream"\nstream = "s"\n')
     monkeypatch.setenv("DESTINATIONS_FILE", str(path))
     assert load_settings().enabled_sinks == ["w"]
+
+
+def test_every_destination_kind_has_a_sink_and_every_sink_a_kind() -> None:
+    """The Destination union and worker.sinks.registry are the two places a kind is named."""
+    from worker.sinks.registry import SINK_KINDS
+
+    assert set(KINDS) == set(SINK_KINDS) == {"webhook", "redis_stream"}
+
+
+def test_an_unknown_type_lists_the_kinds_there_are(tmp_path: Path) -> None:
+    path = write(tmp_path, '[[destinations]]\nname = "x"\ntype = "sms"\n')
+    with pytest.raises(DestinationError, match="must be webhook or redis_stream"):
+        load_destinations_file(path, {})
+
+
+def test_the_slowest_delivery_is_any_destinations_longest_timeout(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for name in ("WEBHOOK_URL", "WEBHOOK_SECRET", "OUTPUT_STREAM", "WEBHOOK_TIMEOUT_S"):
+        monkeypatch.delenv(name, raising=False)
+    path = write(tmp_path, FOUR.replace("timeout_s = 3", "timeout_s = 42"))
+    monkeypatch.setenv("DESTINATIONS_FILE", str(path))
+    monkeypatch.setenv("CRM_KEY_NEW", KEY_NEW)
+    monkeypatch.setenv("CRM_KEY_OLD", KEY_OLD)
+    assert load_settings().slowest_delivery_s == 42

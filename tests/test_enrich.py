@@ -603,7 +603,7 @@ def test_anonymized_session_gives_nulls_not_errors() -> None:
 
 
 def test_bare_minimum_session() -> None:
-    """Only the spec's required fields, attributes empty."""
+    """Only the fields FunnelFox's Get Session reference requires, attributes empty."""
     bare = Session.model_validate(
         {
             "id": "x",

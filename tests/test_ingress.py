@@ -42,7 +42,7 @@ AUTH = {"Fox-Secret-Key": FOX_SECRET}
 
 
 def event(**changes: Any) -> dict[str, Any]:
-    """An onboarding.completed envelope as FunnelFox sends it (FACTS.md, abridged)."""
+    """An onboarding.completed envelope as FunnelFox's webhook docs show it, abridged."""
     body: dict[str, Any] = {
         "id": "evt_01HZX3P7Q0V1M2N3B4C5D6E7F8",
         "type": "onboarding.completed",

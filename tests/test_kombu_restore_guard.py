@@ -55,6 +55,21 @@ def test_another_kombu_is_left_alone_with_a_warning(caplog: pytest.LogCaptureFix
     assert "outside the versions the full Redis guard" in caplog.text
 
 
+@pytest.mark.parametrize(
+    ("version", "verified"),
+    [("5.7.0", True), ("5.7.4", True), ("5.6.0", False), ("5.4.2", False), ("5.8.0", False)],
+)
+@pytest.mark.usefixtures("unpatched")
+def test_only_kombu_5_7_is_guarded(
+    version: str, verified: bool, caplog: pytest.LogCaptureFixture
+) -> None:
+    """5.7.0 is the one version read and run; a 5.7 patch release is taken on trust."""
+    caplog.set_level(logging.WARNING)
+    assert guard.install(version) is verified
+    assert guard.applies_to(version) is verified
+    assert ("outside the versions the restore guard" in caplog.text) is not verified
+
+
 def test_the_installed_kombu_is_one_it_was_verified_against() -> None:
     """When an upgrade moves kombu out of the range, this fails: re-verify, then widen."""
     import kombu

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+import redis
 
 from tests.processes import ROOT, Process, run_cli, wait_until
 
@@ -197,6 +198,30 @@ def test_flower_line_asks_for_credentials_and_lists_workers_and_tasks(
     # A restarted Flower still lists the task: its state outlived the process.
     _, base = start_flower(env, processes)
     assert listed()
+
+
+def test_flower_needs_only_redis_url_and_its_own_variables(
+    redis_url: str, redis_client: redis.Redis, processes: list[Process], tmp_path: Path
+) -> None:
+    """No sink, no FunnelFox secret: Flower reads REDIS_URL and FLOWER_* and nothing else."""
+    ours = ("FUNNELFOX_", "WEBHOOK_", "OUTPUT_", "DESTINATIONS_", "REDIS_", "INGRESS_", "FLOWER_")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(ours)}
+    env.update(
+        REDIS_URL=redis_url,
+        FLOWER_BASIC_AUTH=":".join(AUTH),
+        FLOWER_DB=str(tmp_path / "flower.db"),
+    )
+    # A destination a worker registered: its queue is listed while no worker is online.
+    redis_client.hset("ffe:sinks", "crm", '{"queue": "deliver.crm"}')
+
+    flower, base = start_flower(env, processes)
+
+    assert answers(f"{base}/api/workers", auth=AUTH) == 200
+    broker = httpx.get(f"{base}/broker", auth=AUTH, timeout=10)
+    assert broker.status_code == 200, flower.output
+    assert "enrich" in broker.text
+    assert "deliver.crm" in broker.text
+    stop_cleanly(flower)
 
 
 @pytest.mark.parametrize("value", ["", "   ", "no-colon", "user:", ":password"])

@@ -7,13 +7,15 @@ import os
 from pathlib import Path
 
 import pytest
+from processes import lacking_database
 
 from config import ConfigError, load_settings
 from config.redis_url import SentinelURL, check_redis_url, parse_sentinel_url
+from config.sensitive import url_secrets
 from worker.celeryconfig import celery_config
 from worker.producer import producer_config
-from worker.redact import make_scrubber, url_secrets
-from worker.redis_clients import kombu_broker
+from worker.redact import make_scrubber
+from worker.redis_clients import kombu_broker, require_reachable
 
 PASSWORD = "s3cr:et@pw"
 SENTINEL_PASSWORD = "sentinel-only-pw"
@@ -69,7 +71,11 @@ def test_credentials_are_decoded_and_kept_out_of_the_repr() -> None:
         ("sentinel://:pw@/0?master=m", "empty or malformed Sentinel"),
         ("sentinel://s1:port/0?master=m", "Sentinel port that is not a number"),
         ("sentinel://s1:70000/0?master=m", "Sentinel port that is not a number"),
-        ("sentinel://s1/x?master=m", "database index"),
+        ("sentinel://s1/x?master=m", "database index that is not a whole number ('x')"),
+        ("sentinel://s1/99999?master=m", "database index out of range (99999): at most 65535"),
+        ("redis://h:6379/99999", "database index out of range (99999): at most 65535"),
+        ("redis://h:6379/\u00b2", "database index that is not a whole number"),
+        ("unix:///tmp/r.sock?db=70000", "database index out of range (70000)"),
         ("sentinel://s1;sentinel://s2/0?master=m", "separate Sentinels with commas"),
         ("sentinel://s1/0?master=m&pasword=pw", "unknown option(s) pasword"),
         (
@@ -90,6 +96,27 @@ def test_a_malformed_url_is_named_in_one_line_without_its_password(
     assert problem in message
     assert "\n" not in message
     assert "s3cr" not in message
+
+
+def test_a_database_the_server_lacks_is_a_refusal_not_an_absent_server(
+    redis_server_url: str,
+) -> None:
+    with pytest.raises(ConfigError) as caught:
+        require_reachable(lacking_database(redis_server_url), timeout_s=2)
+    assert str(caught.value) == (
+        "REDIS_URL: Redis answered but refused: ResponseError: DB index is out of range"
+    )
+
+
+def test_a_login_the_server_refuses_is_a_refusal_without_the_password(
+    redis_server_url: str,
+) -> None:
+    host = redis_server_url.split("://", 1)[1]
+    with pytest.raises(ConfigError) as caught:
+        require_reachable(f"redis://nobody-here:{SENTINEL_PASSWORD}@{host}", timeout_s=2)
+    message = str(caught.value)
+    assert message.startswith("REDIS_URL: Redis answered but refused: AuthenticationError: ")
+    assert SENTINEL_PASSWORD not in message
 
 
 def test_settings_take_a_sentinel_url(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from config import ConfigError, Settings
@@ -31,15 +32,12 @@ def restore_interval_s(settings: Settings) -> int:
     return max(1, min(10, settings.visibility_timeout_s // 4))
 
 
-def celery_config(settings: Settings) -> dict[str, Any]:
-    """Celery settings for at-least-once delivery over a Redis broker."""
-    visibility = settings.visibility_timeout_s
+def broker_connection(redis_url: str) -> tuple[str, dict[str, Any]]:
+    """The broker's URL and the transport options of a long-lived process's connection to it
+    (a worker's, Flower's)."""
     # A Sentinel REDIS_URL becomes kombu's URL list and the primary's name (redis_clients).
-    broker_url, sentinel = kombu_broker(settings.redis_url, connect_timeout_s=5)
-    transport = {
-        # Unacknowledged messages are redelivered after this long: it must exceed any task's
-        # run time and any retry countdown (checked at start; celery#2599, kombu#337).
-        "visibility_timeout": visibility,
+    broker_url, sentinel = kombu_broker(redis_url, connect_timeout_s=5)
+    return broker_url, {
         "socket_timeout": 30,
         "socket_connect_timeout": 5,
         "socket_keepalive": True,
@@ -51,6 +49,19 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         # workshop/faultproxy.py, tests/test_netfault.py). Without it, the error reaches kombu,
         # which reconnects; it also keeps writes from being sent twice behind kombu's back.
         "retry_on_timeout": False,
+        **sentinel,
+    }
+
+
+def celery_config(settings: Settings) -> dict[str, Any]:
+    """Celery settings for at-least-once delivery over a Redis broker."""
+    visibility = settings.visibility_timeout_s
+    broker_url, connection = broker_connection(settings.redis_url)
+    transport = {
+        **connection,
+        # Unacknowledged messages are redelivered after this long: it must exceed any task's
+        # run time and any retry countdown (checked at start; celery#2599, kombu#337).
+        "visibility_timeout": visibility,
         "max_connections": max(20, 4 * settings.worker_concurrency),
         "unacked_restore_interval": restore_interval_s(settings),
         # The sweep holds a lock in Redis while it runs (milliseconds). kombu's default expiry
@@ -60,7 +71,6 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "unacked_mutex_expire": restore_interval_s(settings),
         # 1 = scan on every sweep; the default (10) would make the period ten times longer.
         "unacked_restore_throttle": 1,
-        **sentinel,
     }
     return {
         "broker_url": broker_url,
@@ -89,6 +99,27 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         # Flower sees every task from the moment it is queued.
         "worker_send_task_events": True,
         "task_send_sent_event": True,
+    }
+
+
+def flower_config(redis_url: str, destinations: Sequence[str]) -> dict[str, Any]:
+    """Celery settings for Flower's app: the broker, and the queues its broker page lists
+    while no worker is online to name its own; nothing a worker reads."""
+    broker_url, transport = broker_connection(redis_url)
+    return {
+        "broker_url": broker_url,
+        "broker_transport_options": transport,
+        "broker_connection_retry_on_startup": True,
+        "broker_connection_max_retries": None,
+        "result_backend": None,
+        "task_ignore_result": True,
+        "task_serializer": "json",
+        "accept_content": ["json"],
+        "task_default_queue": FETCH_QUEUE,
+        "task_queues": [
+            own_queue(FETCH_QUEUE),
+            *(own_queue(delivery_queue(name)) for name in destinations),
+        ],
     }
 
 

@@ -15,7 +15,8 @@ from worker.http import (
 )
 from worker.ids import check_session_id
 
-# What public FunnelFox clients retry (FACTS.md), plus 425 Too Early; 524 is Cloudflare's timeout.
+# FunnelFox documents no retryable status for Get Session; public FunnelFox clients retry 408,
+# 429, 500, 502, 503, 504 and 524 (Cloudflare's timeout). We add 425 Too Early.
 RETRYABLE_STATUSES = frozenset({408, 425, 429, 500, 502, 503, 504, 524})
 
 

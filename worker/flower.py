@@ -1,7 +1,9 @@
 """``python -m worker.flower``: Flower for this app, refusing to run without basic auth.
 
-Flower shows every task's arguments and can revoke tasks, so it never starts open. The
-launcher checks the environment, then replaces itself with ``celery -A worker.app flower``:
+Flower shows every task's arguments and can revoke tasks, so it never starts open. It needs
+only ``REDIS_URL`` and its own ``FLOWER_*`` variables: its Celery app (``worker.flower_app``)
+knows the broker, not a worker's settings. The launcher checks the environment, then replaces
+itself with ``celery -A worker.flower_app flower``:
 the process a supervisor signals is Flower itself, whose SIGTERM handler saves its state and
 exits 0. The credentials reach Flower through its own ``FLOWER_BASIC_AUTH`` variable, never
 the command line, where ``ps`` would show them.
@@ -15,19 +17,20 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import NoReturn
 
-from config import ConfigError, load_settings
+from config import ConfigError
 from config.flower import FlowerSettings, load_flower_settings
+from config.settings import load_redis_url
 from worker.redis_clients import require_reachable
 
 
 def flower_command(settings: FlowerSettings, port: int) -> list[str]:
-    """``celery -A worker.app flower`` with this deployment's options (no credentials)."""
+    """``celery -A worker.flower_app flower`` with this deployment's options (no credentials)."""
     return [
         sys.executable,
         "-m",
         "celery",
         "-A",
-        "worker.app",
+        "worker.flower_app",
         "flower",
         f"--port={port}",
         "--persistent=True",
@@ -42,8 +45,8 @@ def main(argv: Sequence[str] | None = None) -> NoReturn:
     extra = list(sys.argv[1:] if argv is None else argv)
     try:
         settings, port = load_flower_settings()
-        # worker.app reads the same settings at import; checking here names the variable.
-        require_reachable(load_settings().redis_url)
+        # worker.flower_app reads REDIS_URL at import; checking here names the variable.
+        require_reachable(load_redis_url())
     except ConfigError as exc:
         print(f"funnelfox-enricher flower: refusing to start: {exc}", file=sys.stderr)
         raise SystemExit(2) from None

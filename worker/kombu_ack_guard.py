@@ -13,7 +13,16 @@ did not reach Redis is still in the unacked hash, and comes back after the visib
 like any message a worker took and did not finish: at least once, and the delivery records
 keep it from being delivered twice.
 
-Applied only to the kombu versions it was verified against, like ``kombu_restore_guard``.
+No upstream report of this cause was found (kombu's and Celery's issues searched for a failed
+ack that keeps its prefetch slot); the nearest is a report of the same symptom with no cause
+named, https://github.com/celery/celery/issues/10205 (a worker that stops consuming after a
+Redis connection reset).
+
+Applied only to kombu 5.7.x, like ``kombu_restore_guard``, with a warning and left out on any
+other version. Verified: kombu 5.7.0 only, the one version installed here; its ``QoS.ack`` and
+``reject`` (``kombu/transport/redis.py``) and ``virtual.QoS.ack`` were read, and the guard run
+in ``tests/test_netfault.py`` and ``tests/test_kombu_ack_guard.py``. Later 5.7 patch releases
+are taken on trust; no other minor version was read or run.
 """
 
 from __future__ import annotations
@@ -28,7 +37,7 @@ from packaging.version import Version
 
 log = logging.getLogger("worker.kombu_ack_guard")
 
-VERIFIED = (Version("5.4"), Version("5.8"))  # [from, to): the range read and tested
+VERIFIED = (Version("5.7"), Version("5.8"))  # [from, to): 5.7.x, around the 5.7.0 read and run
 
 # What ack and reject were when install() ran: kombu's own, or another guard's around them
 # (worker.kombu_restore_guard's full-Redis guard is installed first and stays in the chain).

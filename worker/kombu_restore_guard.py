@@ -34,10 +34,14 @@ that time loses it (kombu's own gap between popping a message and recording it, 
 the time Redis stays full; about one message per worker, since it stops consuming at once).
 Closing a channel tries once more; exiting with messages still held logs them as lost.
 
-Each guard is applied only to the kombu versions it was verified against (the restore guard:
-seen crashing in ``tests/test_chaos.py`` with kombu 5.7.0, and guarded there since; the full
-Redis guard: read against and tested with kombu 5.7.0 in ``tests/test_full_redis.py``); on any
-other version it is left out, with a warning, since the internals it wraps may differ.
+Each guard is applied only to kombu 5.7.x, with a warning and left out on any other version,
+since the internals it wraps may differ. What was verified, precisely: kombu 5.7.0 only, the
+one version installed here. Its source was read (``kombu/transport/redis.py``: the Channel's
+``_connparams`` and ``close``; the QoS's ``append``, ``ack``, ``reject``, ``can_consume`` and
+``restore_visible``) and run: the restore guard seen crashing without it in
+``tests/test_chaos.py`` and guarded there since, the full Redis guard tested in
+``tests/test_full_redis.py`` and below. Later 5.7 patch releases are taken on trust that a
+patch release keeps these internals; no other minor version was read or run.
 """
 
 from __future__ import annotations
@@ -58,7 +62,8 @@ from packaging.version import Version
 log = logging.getLogger("worker.kombu_restore_guard")
 
 Range = tuple[Version, Version]
-VERIFIED: Range = (Version("5.4"), Version("5.8"))  # the restore guard: [from, to)
+# [from, to): 5.7.x, around 5.7.0 (the one version read and run; see above).
+VERIFIED: Range = (Version("5.7"), Version("5.8"))  # the restore guard
 FULL_REDIS_VERIFIED: Range = (Version("5.7"), Version("5.8"))  # the full Redis guard
 BACKOFF_S = (0.5, 10.0)  # first delay, cap
 

@@ -2,10 +2,11 @@
 
 Validation protects the enrichment; it does not police FunnelFox. A session is refused only
 when it cannot be told apart or placed in time: its ``id`` and ``created_at`` are required.
-Every other field may be missing, null or of a form the spec does not name: the model holds
-None for it (a reply that cannot be read is None in its place), the enrichment leaves what it
-would derive from it null, and ``data.session`` still carries the body as sent. Fields we do
-not know yet are kept (``extra="allow"``). See ``get-session.openapi.yaml`` and FACTS.md.
+Every other field may be missing, null or of a form FunnelFox's published API reference
+(Get Session) does not name: the model holds None for it (a reply that cannot be read is None
+in its place), the enrichment leaves what it would derive from it null, and ``data.session``
+still carries the body as sent. Fields we do not know yet are kept (``extra="allow"``). The
+README's Validation section lists what is refused and what is delivered.
 """
 
 from __future__ import annotations
@@ -97,8 +98,9 @@ class Attributes(_Kept):
     """What FunnelFox knows about where and how the session ran; any field may be absent."""
 
     city: Lenient[str] = None
-    # The spec types it as a string but its example shows a list; FACTS.md: a string in
-    # practice. Both are read so the example's form never costs a session its country.
+    # FunnelFox's API reference types it as a string (ISO 3166-1 alpha-2) but its example
+    # shows a list; sessions carry a string. Both are read so the example's form never costs
+    # a session its country.
     country: Lenient[str | list[str]] = None
     ip: Lenient[str] = None
     postal_code: Lenient[str] = None
@@ -118,7 +120,8 @@ class Session(_Kept):
     origin: Lenient[StrictStr] = None
     user_agent: Lenient[StrictStr] = None
     attributes: Lenient[Attributes] = None
-    # FACTS.md: string to string in practice; values are read loosely by the enrichment.
+    # Undocumented by FunnelFox; sessions carry the landing URL's parameters (utm_*, fbclid,
+    # gclid …) as string to string. Values are read loosely by the enrichment.
     query_params: Lenient[dict[str, Any]] = None
     # An unreadable reply (not an object, no string screen_id or element_id, no value) is
     # None in its place, so indexes still match data.session's replies.

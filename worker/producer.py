@@ -22,8 +22,10 @@ from worker.redis_clients import kombu_broker, sync_client
 from worker.work import Work
 
 QUEUE = FETCH_QUEUE
+SESSION_TASK_NAME = "worker.tasks.enrich_session"  # the contract for producers elsewhere
 BATCH_TASK_NAME = "worker.tasks.enrich_batch"
 DELIVER_TASK_NAME = "worker.tasks.deliver"
+TASK_NAMES = (SESSION_TASK_NAME, BATCH_TASK_NAME, DELIVER_TASK_NAME)
 POOL_SIZE = 16
 # Flower's search looks in a task's argument repr: every id is listed, up to this many
 # characters (a batch of 1,000 ids of 128 characters stays searchable in full).

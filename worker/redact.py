@@ -1,10 +1,13 @@
-"""Keep secrets out of logs, dead letters and error messages."""
+"""Keep secrets out of logs, dead letters and error messages.
+
+Which values are secret is the configuration's to say (``config.sensitive``,
+``Settings.sensitive_values``); this module masks them.
+"""
 
 from __future__ import annotations
 
 import re
 from collections.abc import Callable, Iterable
-from urllib.parse import parse_qsl, unquote, urlsplit
 
 from pydantic import SecretStr
 
@@ -30,17 +33,3 @@ def make_scrubber(secrets: Iterable[SecretStr | str | None]) -> Callable[[str], 
         return _URL_CREDENTIALS.sub(rf"\g<scheme>{MASK}@", text)
 
     return scrub
-
-
-def url_secrets(url: str | None) -> list[str]:
-    """The parts of a URL that may be a secret: its password (as written and decoded), its
-    query string, and the value of any query option named like a password
-    (``?password=``, a Sentinel URL's ``sentinel_password=``)."""
-    if not url:
-        return []
-    parts = urlsplit(url)
-    found = [parts.password, parts.query]
-    if parts.password:
-        found.append(unquote(parts.password))
-    found += [value for key, value in parse_qsl(parts.query) if "password" in key.lower()]
-    return list(dict.fromkeys(value for value in found if value))

@@ -20,14 +20,15 @@ import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry as AsyncRetry
 from redis.asyncio.sentinel import Sentinel as AsyncSentinel
 from redis.backoff import NoBackoff
+from redis.exceptions import AuthenticationError, RedisError, ResponseError
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisError
 from redis.sentinel import Sentinel
 
 from config import ConfigError
 from config.redis_url import SentinelURL, parse_sentinel_url
+from config.sensitive import url_secrets
 from worker.keys import REPLICATION_PROBE
-from worker.redact import make_scrubber, url_secrets
+from worker.redact import make_scrubber
 
 
 def async_client(
@@ -96,10 +97,16 @@ def kombu_broker(url: str, *, connect_timeout_s: float) -> tuple[str, dict[str, 
 
 
 def require_reachable(url: str, *, timeout_s: float = 3) -> None:
-    """Raise ConfigError naming REDIS_URL when nothing answers PING there."""
+    """Raise ConfigError naming REDIS_URL when no Redis there answers PING as asked.
+
+    A server that answers but refuses (a database index it lacks, a wrong password) is said
+    to be one: the fix is in the URL, not in bringing a server up.
+    """
     client = sync_client(url, timeout_s=timeout_s, connect_timeout_s=timeout_s)
     try:
         client.ping()
+    except (ResponseError, AuthenticationError) as exc:
+        raise ConfigError(f"REDIS_URL: Redis answered but refused: {describe(exc, url)}") from None
     except RedisError as exc:
         raise ConfigError(f"REDIS_URL: no Redis answers there ({describe(exc, url)})") from None
     finally:

@@ -25,7 +25,7 @@ from worker.keys import destination_rate_limit_key
 from worker.ledger import Ledger
 from worker.pipeline import Pipeline
 from worker.ratelimit import FleetRateLimit
-from worker.redact import make_scrubber, url_secrets
+from worker.redact import make_scrubber
 from worker.redis_clients import async_client
 from worker.retry import RetryPolicy
 from worker.sinks.registry import build_sink
@@ -167,15 +167,8 @@ def retry_policy(settings: Settings) -> RetryPolicy:
 
 
 def scrubber(settings: Settings) -> Callable[[str], str]:
-    """The scrubber for every secret this configuration holds."""
-    return make_scrubber(
-        [
-            settings.funnelfox.secret,
-            settings.webhook.secret,
-            *url_secrets(settings.webhook.url),
-            *url_secrets(settings.redis_url),
-        ]
-    )
+    """The scrubber for every secret this configuration holds, every destination's included."""
+    return make_scrubber(settings.sensitive_values())
 
 
 _runtime: Runtime | None = None

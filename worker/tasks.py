@@ -18,7 +18,7 @@ from redis.exceptions import RedisError
 
 from worker.app import app, settings
 from worker.messages import Parsed, Refusal, read_batch_call, read_deliver_call, read_session_call
-from worker.producer import Producer
+from worker.producer import BATCH_TASK_NAME, DELIVER_TASK_NAME, SESSION_TASK_NAME, Producer
 from worker.retry import RetryPolicy
 from worker.work import Work
 
@@ -121,7 +121,7 @@ def _dispatch(result: StageResult, stage: str) -> None:
                 producer.send_deliveries(sink, [work], countdown=delay)
 
 
-@app.task(name="worker.tasks.enrich_session", bind=True)
+@app.task(name=SESSION_TASK_NAME, bind=True)
 def enrich_session(self: Task, *args: Any, **kwargs: Any) -> None:
     """Fetch, validate and enrich one session, then queue its delivery to every sink.
 
@@ -137,14 +137,14 @@ def _fetch(works: list[Work]) -> Stage:
     return lambda pipeline: pipeline.fetch(works, on_ready=lambda wave: _dispatch(wave, "fetch"))
 
 
-@app.task(name="worker.tasks.enrich_batch", bind=True)
+@app.task(name=BATCH_TASK_NAME, bind=True)
 def enrich_batch(self: Task, *args: Any, **kwargs: Any) -> None:
     """The same as enrich_session for several sessions in one message."""
     parsed = read_batch_call(args, kwargs)
     _process(self, "fetch", _fetch(parsed.works), parsed)
 
 
-@app.task(name="worker.tasks.deliver", bind=True)
+@app.task(name=DELIVER_TASK_NAME, bind=True)
 def deliver(self: Task, *args: Any, **kwargs: Any) -> None:
     """Deliver built payloads to one sink."""
     sink, parsed = read_deliver_call(args, kwargs)

@@ -20,6 +20,8 @@ from typing import Any
 
 import redis
 
+from worker.deadletters import record_key
+from worker.keys import DEAD_LETTERS, claim_key, delivered_key
 from workshop.funnelfox import DEFAULT_SECRET, FunnelFoxSimulator
 from workshop.procfile import local_command, procfile_command
 from workshop.receiver import DEMO_WEBHOOK_SECRET, Attempt, WebhookReceiver
@@ -113,7 +115,7 @@ def main() -> int:
         print("payloads arriving at the receiver:")
         arrived = receiver.wait_for(len(delivered), timeout=TIMEOUT_S, distinct=True)
         deadline = time.monotonic() + 15
-        while not all(client.hexists("ffe:dlq", f"fetch|{i}") for i in dead):
+        while not all(client.hexists(DEAD_LETTERS, record_key("fetch", i)) for i in dead):
             if time.monotonic() > deadline:
                 break
             time.sleep(0.1)
@@ -146,7 +148,7 @@ def report(
     )
     print(f"stream {STREAM}: {in_stream} entries")
     for session_id in dead:
-        raw = client.hget("ffe:dlq", f"fetch|{session_id}")
+        raw = client.hget(DEAD_LETTERS, record_key("fetch", session_id))
         record = json.loads(raw) if raw else None
         print(
             f"dead letter: {session_id}: {record['reason'] if record else 'MISSING'}"
@@ -159,7 +161,7 @@ def report(
     ok = (
         arrived
         and set(delivered) <= got
-        and all(client.hexists("ffe:dlq", f"fetch|{i}") for i in dead)
+        and all(client.hexists(DEAD_LETTERS, record_key("fetch", i)) for i in dead)
     )
     print("\ndemo OK" if ok else "\ndemo FAILED: see the worker log above")
     return 0 if ok else 1
@@ -168,13 +170,13 @@ def report(
 def cleanup(client: redis.Redis, session_ids: list[str]) -> None:
     """Remove what the demo wrote, so it leaves a shared Redis as it found it."""
     keys = [
-        f"ffe:{kind}:{sink}:{sid}"
+        key(sink, sid)
         for sid in session_ids
-        for kind in ("delivered", "claim")
+        for key in (delivered_key, claim_key)
         for sink in ("webhook", "stream")
     ]
     client.delete(STREAM, *keys)
-    client.hdel("ffe:dlq", *(f"fetch|{sid}" for sid in session_ids))
+    client.hdel(DEAD_LETTERS, *(record_key("fetch", sid) for sid in session_ids))
 
 
 if __name__ == "__main__":

@@ -16,7 +16,7 @@ import redis
 from config import Settings
 from worker.breaker import read_state, set_paused
 from worker.fleet import registered_destinations
-from worker.keys import METRICS
+from worker.keys import METRICS, delivery_queue
 from worker.redis_clients import sync_client
 
 EXIT_UNKNOWN = 1
@@ -57,7 +57,7 @@ def listing(client: redis.Redis, known: dict[str, dict[str, Any]]) -> list[dict[
     lines = []
     for name, record in known.items():
         breaker = read_state(client, name)
-        queue = record.get("queue", f"deliver.{name}")
+        queue = record.get("queue", delivery_queue(name))
         lines.append(
             {
                 "name": name,

@@ -1,7 +1,10 @@
 """The one registry of sink kinds.
 
 A new kind of destination is a Sink subclass with ``from_destination``, its settings model in
-``config.destinations``, and one line in ``SINK_KINDS``; nothing else names kinds.
+``config.destinations`` (a member of its ``Destination`` union, which says what the kind's
+settings are, which of them are secret and its delivery timeout), and one line in
+``SINK_KINDS``. Everything else reads kinds off those two: the settings, the scrubber, the
+file's error messages, queues and metrics go by destination name.
 """
 
 from __future__ import annotations

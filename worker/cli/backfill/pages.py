@@ -20,7 +20,8 @@ from worker.fetch import status_error
 from worker.http import translate_transport_error
 from worker.retry import RetryPolicy
 
-# FunnelFox answers 408 to big pages (FACTS.md); 50 is what public clients settled on.
+# FunnelFox documents no page limit but answers 408 to big pages (seen by community clients);
+# 50 is what public clients settled on.
 PAGE_SIZE = 50
 
 
