@@ -92,7 +92,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--ledger-rounds",
         type=int,
-        default=3,
+        default=5,
         metavar="K",
         help="pairs of runs with and without the ledger per latency, alternating which goes "
         "first; the medians are reported",
