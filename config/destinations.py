@@ -17,6 +17,7 @@ import tomllib
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal, get_args
+from urllib.parse import urlsplit
 
 from pydantic import (
     BaseModel,
@@ -29,6 +30,7 @@ from pydantic import (
     model_validator,
 )
 
+from config.redis_url import check_redis_url
 from config.sensitive import url_secrets
 
 NAME_PATTERN = r"^[a-z0-9_-]{1,32}$"
@@ -49,6 +51,24 @@ def check_whsec(raw: str) -> None:
         raise ValueError("the part after 'whsec_' must be base64") from None
     if len(key) < 24:
         raise ValueError("the key must be at least 24 bytes (32 recommended)")
+
+
+def check_http_url(url: str) -> None:
+    """Raise ValueError unless ``url`` is one a webhook can be posted to (never echoing it:
+    it may carry credentials). Caught at start, not on the first delivery, hours later."""
+    if any(char.isspace() or not char.isprintable() for char in url):
+        raise ValueError("must not contain spaces or control characters (percent-encode them)")
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not url.lower().startswith(parts.scheme + "://"):
+        raise ValueError("must start with http:// or https://")
+    if not parts.hostname:
+        raise ValueError("names no host, e.g. https://crm.example.com/hooks")
+    try:
+        port = parts.port
+    except ValueError:
+        port = 0
+    if port == 0:  # urllib reads 0 as a port; nothing listens there
+        raise ValueError("has a port that is not a number from 1 to 65535")
 
 
 class Filters(BaseModel):
@@ -128,8 +148,7 @@ class WebhookDestination(_Base):
     @field_validator("url")
     @classmethod
     def _http_url(cls, value: str) -> str:
-        if not value.startswith(("http://", "https://")):
-            raise ValueError("must start with http:// or https://")
+        check_http_url(value)
         return value
 
     @field_validator("secrets")
@@ -161,6 +180,14 @@ class StreamDestination(_Base):
     maxlen: int = Field(100_000, ge=1)
     # None: the state Redis (REDIS_URL): then the XADD and the delivery record are one step.
     redis_url: str | None = None
+
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_url(cls, value: str | None) -> str | None:
+        # The same check as REDIS_URL's: the sink's client is built by the same code.
+        if value is not None:
+            check_redis_url(value)
+        return value
 
     def target(self) -> str:
         """The stream (and its Redis, without credentials, when not the state Redis)."""

@@ -102,6 +102,29 @@ def test_a_file_with_several_kinds_filters_and_keys(tmp_path: Path) -> None:
             HOOK + 'url = "http://x"\nsecret = "${MISSING}"\n',
             "destination 'h'.secret: environment variable MISSING is not set",
         ),
+        (HOOK + 'url = "http://"\nsecret = "${K}"\n', "destination 'h', url: names no host"),
+        (
+            HOOK + 'url = "https://exa mple.com/x y"\nsecret = "${K}"\n',
+            "destination 'h', url: must not contain spaces",
+        ),
+        (
+            HOOK + 'url = "https://example.com:99999/x"\nsecret = "${K}"\n',
+            "destination 'h', url: has a port that is not a number from 1 to 65535",
+        ),
+        (
+            HOOK + 'url = "https://example.com:0/x"\nsecret = "${K}"\n',
+            "destination 'h', url: has a port that is not a number from 1 to 65535",
+        ),
+        (
+            '[[destinations]]\nname = "w"\ntype = "redis_stream"\nstream = "s"\n'
+            'redis_url = "garbage"\n',
+            "destination 'w', redis_url: must start with redis://",
+        ),
+        (
+            '[[destinations]]\nname = "w"\ntype = "redis_stream"\nstream = "s"\n'
+            'redis_url = "redis://:nope-secret@/0"\n',
+            "destination 'w', redis_url: names no host",
+        ),
         ("[[destinations]\n", "not valid TOML"),
     ],
 )
@@ -114,6 +137,16 @@ def test_a_bad_file_names_file_destination_and_field(
     assert str(path) in str(caught.value)
     assert expected in str(caught.value)
     assert "nope-secret" not in str(caught.value)
+
+
+@pytest.mark.parametrize("url", ["http://", "https://exa mple.com/x", "https://h:99999/"])
+def test_a_bad_webhook_url_shorthand_is_refused_by_name(
+    monkeypatch: pytest.MonkeyPatch, url: str
+) -> None:
+    monkeypatch.setenv("WEBHOOK_URL", url)
+    monkeypatch.setenv("WEBHOOK_SECRET", KEY_NEW)
+    with pytest.raises(ConfigError, match="WEBHOOK_URL"):
+        load_settings()
 
 
 def test_names_are_unique_across_the_file_and_the_shorthands(
