@@ -279,13 +279,16 @@ def _label(table: Any, number: int) -> str:
     return repr(name) if isinstance(name, str) else f"#{number}"
 
 
-def check_unique(destinations: list[Destination]) -> None:
-    """Raise DestinationError if two destinations share a name."""
+def check_unique(destinations: list[Destination], path: str | Path | None = None) -> None:
+    """Raise DestinationError if two destinations share a name; ``path`` is DESTINATIONS_FILE,
+    named like its other errors (a duplicate is always in it: the shorthands' names differ)."""
     seen: set[str] = set()
     for destination in destinations:
         if destination.name in seen:
+            where = f"DESTINATIONS_FILE {path}" if path else "DESTINATIONS_FILE"
             raise DestinationError(
-                f"two destinations are named {destination.name!r}: names must be unique "
+                f"{where}: destination {destination.name!r}, name: two destinations are named "
+                f"{destination.name!r}: names must be unique "
                 "(the shorthand variables use 'webhook' and 'stream')"
             )
         seen.add(destination.name)

@@ -240,7 +240,7 @@ class Settings(RedisSettings):
             )
         if self.destinations_file:
             found += load_destinations_file(self.destinations_file)
-        check_unique(found)
+        check_unique(found, self.destinations_file)
         return found
 
     @property

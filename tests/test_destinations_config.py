@@ -157,8 +157,20 @@ def test_names_are_unique_across_the_file_and_the_shorthands(
     )
     monkeypatch.setenv("OUTPUT_STREAM", "enriched")
     monkeypatch.setenv("DESTINATIONS_FILE", str(path))
-    with pytest.raises(ConfigError, match="two destinations are named 'stream'"):
+    with pytest.raises(ConfigError, match="two destinations are named 'stream'") as caught:
         load_settings()
+    assert f"DESTINATIONS_FILE {path}: destination 'stream', name: " in str(caught.value)
+
+
+def test_a_name_twice_in_the_file_names_the_file_and_the_field(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    table = '[[destinations]]\nname = "dup"\ntype = "redis_stream"\nstream = "s"\n'
+    path = write(tmp_path, table + table)
+    monkeypatch.setenv("DESTINATIONS_FILE", str(path))
+    with pytest.raises(ConfigError) as caught:
+        load_settings()
+    assert str(caught.value).startswith(f"DESTINATIONS_FILE {path}: destination 'dup', name: ")
 
 
 def test_the_shorthands_and_a_file_together(
