@@ -31,7 +31,7 @@ from pydantic import (
 )
 
 from config.redis_url import check_redis_url
-from config.sensitive import url_secrets
+from config.sensitive import display_url, url_secrets
 
 NAME_PATTERN = r"^[a-z0-9_-]{1,32}$"
 _VARIABLE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
@@ -159,8 +159,8 @@ class WebhookDestination(_Base):
         return value
 
     def target(self) -> str:
-        """Where it delivers, without credentials or query string (for listings and logs)."""
-        return re.sub(r"//[^/@]*@", "//", self.url).split("?", 1)[0]
+        """Where it delivers, without credentials, query string or fragment (for listings)."""
+        return display_url(self.url)
 
     @property
     def delivery_timeout_s(self) -> float | None:
@@ -193,7 +193,7 @@ class StreamDestination(_Base):
         """The stream (and its Redis, without credentials, when not the state Redis)."""
         if self.redis_url is None:
             return self.stream
-        return re.sub(r"//[^/@]*@", "//", self.redis_url).split("?", 1)[0] + " " + self.stream
+        return display_url(self.redis_url) + " " + self.stream
 
     def sensitive_values(self) -> list[str]:
         """Its Redis URL's password and options, when it names a Redis of its own."""

@@ -227,3 +227,27 @@ def test_the_slowest_delivery_is_any_destinations_longest_timeout(
     monkeypatch.setenv("CRM_KEY_NEW", KEY_NEW)
     monkeypatch.setenv("CRM_KEY_OLD", KEY_OLD)
     assert load_settings().slowest_delivery_s == 42
+
+
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        ("https://u:p@ss@host/x", "https://host/x"),  # a password holding '@'
+        ("https://u:pw@host:8443/a/b?token=t0k#frag", "https://host:8443/a/b"),
+        ("http://[::1]:8080/hook#section", "http://[::1]:8080/hook"),
+    ],
+)
+def test_a_webhook_target_shows_scheme_host_port_and_path_only(url: str, shown: str) -> None:
+    destination = WebhookDestination(name="h", url=url, secrets=[KEY_NEW])
+    assert destination.target() == shown
+
+
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        ("redis://:p@ss@analytics:6379/0?x=1", "redis://analytics:6379/0 s"),
+        ("sentinel://:pw@s1:26379,s2/2?master=m", "sentinel://s1:26379,s2/2 s"),
+    ],
+)
+def test_a_stream_target_shows_its_redis_without_credentials(url: str, shown: str) -> None:
+    assert StreamDestination(name="w", stream="s", redis_url=url).target() == shown
