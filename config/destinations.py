@@ -2,9 +2,9 @@
 
 They come from ``DESTINATIONS_FILE`` (a TOML file of ``[[destinations]]`` tables) and from the
 shorthand variables (``WEBHOOK_URL``/``WEBHOOK_SECRET`` give the destination ``webhook``,
-``OUTPUT_STREAM`` the destination ``stream``). The name is the destination's identity
-everywhere: its queue ``deliver.<name>``, its delivery records, its dead letters' stage
-``deliver:<name>``, its metric label and its webhook-ids.
+``OUTPUT_STREAM`` the destination ``stream``). The name names its queue ``deliver.<name>``,
+its delivery records, its dead letters' stage ``deliver:<name>`` and its metric label; a
+webhook's webhook-ids hash its URL too (worker.sinks.webhook.WebhookSink.message_id).
 """
 
 from __future__ import annotations
