@@ -2,9 +2,9 @@
 
 They come from ``DESTINATIONS_FILE`` (a TOML file of ``[[destinations]]`` tables) and from the
 shorthand variables (``WEBHOOK_URL``/``WEBHOOK_SECRET`` give the destination ``webhook``,
-``OUTPUT_STREAM`` the destination ``stream``). The name is the destination's identity
-everywhere: its queue ``deliver.<name>``, its delivery records, its dead letters' stage
-``deliver:<name>``, its metric label and its webhook-ids.
+``OUTPUT_STREAM`` the destination ``stream``). The name names its queue ``deliver.<name>``,
+its delivery records, its dead letters' stage ``deliver:<name>`` and its metric label; a
+webhook's webhook-ids hash its URL too (worker.sinks.webhook.WebhookSink.message_id).
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ import tomllib
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal, get_args
+from urllib.parse import urlsplit
 
 from pydantic import (
     BaseModel,
@@ -29,7 +30,8 @@ from pydantic import (
     model_validator,
 )
 
-from config.sensitive import url_secrets
+from config.redis_url import check_redis_url
+from config.sensitive import display_url, url_secrets
 
 NAME_PATTERN = r"^[a-z0-9_-]{1,32}$"
 _VARIABLE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
@@ -49,6 +51,24 @@ def check_whsec(raw: str) -> None:
         raise ValueError("the part after 'whsec_' must be base64") from None
     if len(key) < 24:
         raise ValueError("the key must be at least 24 bytes (32 recommended)")
+
+
+def check_http_url(url: str) -> None:
+    """Raise ValueError unless ``url`` is one a webhook can be posted to (never echoing it:
+    it may carry credentials). Caught at start, not on the first delivery, hours later."""
+    if any(char.isspace() or not char.isprintable() for char in url):
+        raise ValueError("must not contain spaces or control characters (percent-encode them)")
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not url.lower().startswith(parts.scheme + "://"):
+        raise ValueError("must start with http:// or https://")
+    if not parts.hostname:
+        raise ValueError("names no host, e.g. https://crm.example.com/hooks")
+    try:
+        port = parts.port
+    except ValueError:
+        port = 0
+    if port == 0:  # urllib reads 0 as a port; nothing listens there
+        raise ValueError("has a port that is not a number from 1 to 65535")
 
 
 class Filters(BaseModel):
@@ -128,8 +148,7 @@ class WebhookDestination(_Base):
     @field_validator("url")
     @classmethod
     def _http_url(cls, value: str) -> str:
-        if not value.startswith(("http://", "https://")):
-            raise ValueError("must start with http:// or https://")
+        check_http_url(value)
         return value
 
     @field_validator("secrets")
@@ -140,8 +159,8 @@ class WebhookDestination(_Base):
         return value
 
     def target(self) -> str:
-        """Where it delivers, without credentials or query string (for listings and logs)."""
-        return re.sub(r"//[^/@]*@", "//", self.url).split("?", 1)[0]
+        """Where it delivers, without credentials, query string or fragment (for listings)."""
+        return display_url(self.url)
 
     @property
     def delivery_timeout_s(self) -> float | None:
@@ -162,11 +181,19 @@ class StreamDestination(_Base):
     # None: the state Redis (REDIS_URL): then the XADD and the delivery record are one step.
     redis_url: str | None = None
 
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_url(cls, value: str | None) -> str | None:
+        # The same check as REDIS_URL's: the sink's client is built by the same code.
+        if value is not None:
+            check_redis_url(value)
+        return value
+
     def target(self) -> str:
         """The stream (and its Redis, without credentials, when not the state Redis)."""
         if self.redis_url is None:
             return self.stream
-        return re.sub(r"//[^/@]*@", "//", self.redis_url).split("?", 1)[0] + " " + self.stream
+        return display_url(self.redis_url) + " " + self.stream
 
     def sensitive_values(self) -> list[str]:
         """Its Redis URL's password and options, when it names a Redis of its own."""
@@ -252,13 +279,16 @@ def _label(table: Any, number: int) -> str:
     return repr(name) if isinstance(name, str) else f"#{number}"
 
 
-def check_unique(destinations: list[Destination]) -> None:
-    """Raise DestinationError if two destinations share a name."""
+def check_unique(destinations: list[Destination], path: str | Path | None = None) -> None:
+    """Raise DestinationError if two destinations share a name; ``path`` is DESTINATIONS_FILE,
+    named like its other errors (a duplicate is always in it: the shorthands' names differ)."""
     seen: set[str] = set()
     for destination in destinations:
         if destination.name in seen:
+            where = f"DESTINATIONS_FILE {path}" if path else "DESTINATIONS_FILE"
             raise DestinationError(
-                f"two destinations are named {destination.name!r}: names must be unique "
+                f"{where}: destination {destination.name!r}, name: two destinations are named "
+                f"{destination.name!r}: names must be unique "
                 "(the shorthand variables use 'webhook' and 'stream')"
             )
         seen.add(destination.name)

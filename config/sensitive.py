@@ -17,3 +17,13 @@ def url_secrets(url: str | None) -> list[str]:
         found.append(unquote(parts.password))
     found += [value for key, value in parse_qsl(parts.query) if "password" in key.lower()]
     return list(dict.fromkeys(value for value in found if value))
+
+
+def display_url(url: str) -> str:
+    """A URL as a listing may show it: scheme, host(s), port and path only, rebuilt from its
+    parts. Credentials, query string and fragment are dropped whatever they contain (a
+    password may hold '@', '/' or '#'); the hosts are taken after the last '@' as urllib does,
+    which keeps a Sentinel URL's comma-separated list."""
+    parts = urlsplit(url)
+    hosts = parts.netloc.rpartition("@")[2]
+    return f"{parts.scheme}://{hosts}{parts.path}"

@@ -17,6 +17,7 @@ from config.destinations import (
     DestinationError,
     StreamDestination,
     WebhookDestination,
+    check_http_url,
     check_unique,
     check_whsec,
     load_destinations_file,
@@ -74,8 +75,7 @@ class WebhookSettings(BaseSettings):
         if value in (None, ""):
             return None
         assert value is not None
-        if not value.startswith(("http://", "https://")):
-            raise ValueError("must start with http:// or https://")
+        check_http_url(value)  # the shorthand becomes a destination: the same check
         return value
 
     @field_validator("secret")
@@ -240,7 +240,7 @@ class Settings(RedisSettings):
             )
         if self.destinations_file:
             found += load_destinations_file(self.destinations_file)
-        check_unique(found)
+        check_unique(found, self.destinations_file)
         return found
 
     @property

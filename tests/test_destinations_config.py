@@ -102,6 +102,29 @@ def test_a_file_with_several_kinds_filters_and_keys(tmp_path: Path) -> None:
             HOOK + 'url = "http://x"\nsecret = "${MISSING}"\n',
             "destination 'h'.secret: environment variable MISSING is not set",
         ),
+        (HOOK + 'url = "http://"\nsecret = "${K}"\n', "destination 'h', url: names no host"),
+        (
+            HOOK + 'url = "https://exa mple.com/x y"\nsecret = "${K}"\n',
+            "destination 'h', url: must not contain spaces",
+        ),
+        (
+            HOOK + 'url = "https://example.com:99999/x"\nsecret = "${K}"\n',
+            "destination 'h', url: has a port that is not a number from 1 to 65535",
+        ),
+        (
+            HOOK + 'url = "https://example.com:0/x"\nsecret = "${K}"\n',
+            "destination 'h', url: has a port that is not a number from 1 to 65535",
+        ),
+        (
+            '[[destinations]]\nname = "w"\ntype = "redis_stream"\nstream = "s"\n'
+            'redis_url = "garbage"\n',
+            "destination 'w', redis_url: must start with redis://",
+        ),
+        (
+            '[[destinations]]\nname = "w"\ntype = "redis_stream"\nstream = "s"\n'
+            'redis_url = "redis://:nope-secret@/0"\n',
+            "destination 'w', redis_url: names no host",
+        ),
         ("[[destinations]\n", "not valid TOML"),
     ],
 )
@@ -116,6 +139,16 @@ def test_a_bad_file_names_file_destination_and_field(
     assert "nope-secret" not in str(caught.value)
 
 
+@pytest.mark.parametrize("url", ["http://", "https://exa mple.com/x", "https://h:99999/"])
+def test_a_bad_webhook_url_shorthand_is_refused_by_name(
+    monkeypatch: pytest.MonkeyPatch, url: str
+) -> None:
+    monkeypatch.setenv("WEBHOOK_URL", url)
+    monkeypatch.setenv("WEBHOOK_SECRET", KEY_NEW)
+    with pytest.raises(ConfigError, match="WEBHOOK_URL"):
+        load_settings()
+
+
 def test_names_are_unique_across_the_file_and_the_shorthands(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -124,8 +157,20 @@ def test_names_are_unique_across_the_file_and_the_shorthands(
     )
     monkeypatch.setenv("OUTPUT_STREAM", "enriched")
     monkeypatch.setenv("DESTINATIONS_FILE", str(path))
-    with pytest.raises(ConfigError, match="two destinations are named 'stream'"):
+    with pytest.raises(ConfigError, match="two destinations are named 'stream'") as caught:
         load_settings()
+    assert f"DESTINATIONS_FILE {path}: destination 'stream', name: " in str(caught.value)
+
+
+def test_a_name_twice_in_the_file_names_the_file_and_the_field(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    table = '[[destinations]]\nname = "dup"\ntype = "redis_stream"\nstream = "s"\n'
+    path = write(tmp_path, table + table)
+    monkeypatch.setenv("DESTINATIONS_FILE", str(path))
+    with pytest.raises(ConfigError) as caught:
+        load_settings()
+    assert str(caught.value).startswith(f"DESTINATIONS_FILE {path}: destination 'dup', name: ")
 
 
 def test_the_shorthands_and_a_file_together(
@@ -182,3 +227,27 @@ def test_the_slowest_delivery_is_any_destinations_longest_timeout(
     monkeypatch.setenv("CRM_KEY_NEW", KEY_NEW)
     monkeypatch.setenv("CRM_KEY_OLD", KEY_OLD)
     assert load_settings().slowest_delivery_s == 42
+
+
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        ("https://u:p@ss@host/x", "https://host/x"),  # a password holding '@'
+        ("https://u:pw@host:8443/a/b?token=t0k#frag", "https://host:8443/a/b"),
+        ("http://[::1]:8080/hook#section", "http://[::1]:8080/hook"),
+    ],
+)
+def test_a_webhook_target_shows_scheme_host_port_and_path_only(url: str, shown: str) -> None:
+    destination = WebhookDestination(name="h", url=url, secrets=[KEY_NEW])
+    assert destination.target() == shown
+
+
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        ("redis://:p@ss@analytics:6379/0?x=1", "redis://analytics:6379/0 s"),
+        ("sentinel://:pw@s1:26379,s2/2?master=m", "sentinel://s1:26379,s2/2 s"),
+    ],
+)
+def test_a_stream_target_shows_its_redis_without_credentials(url: str, shown: str) -> None:
+    assert StreamDestination(name="w", stream="s", redis_url=url).target() == shown

@@ -195,6 +195,45 @@ def test_the_breaker_pauses_a_failing_destination_and_loses_nothing(
     assert Counter(d.session_id for d in receivers["all"].deliveries()) == Counter(ids)
 
 
+def test_a_long_outage_uses_up_no_retries_however_many_probes_fail(
+    worker_env: dict[str, str],
+    tmp_path: Path,
+    receivers: dict[str, WebhookReceiver],
+    redis_client: redis.Redis,
+) -> None:
+    max_attempts = 3
+    env = destinations_env(
+        worker_env,
+        tmp_path,
+        receivers,
+        [],
+        BREAKER_FAILURES="2",
+        BREAKER_PROBE_S="0.3",
+        RETRY_MAX_ATTEMPTS=str(max_attempts),
+    )
+    ids = ["ses_probe0", "ses_probe1"]
+    receivers["all"].set_outage(503)
+    enqueue(env, ids)
+    worker = start_worker(env)
+
+    def dead() -> list[str]:
+        return [k for k in dead_letters(redis_client) if k.startswith("deliver:all|")]
+
+    try:
+        assert wait_until(lambda: "destination all paused" in worker.output, 30), worker.output
+        # More failed probes than both sessions' retries together (or a dead letter first).
+        enough = len(ids) * max_attempts + 1
+        wait_until(lambda: bool(dead()) or len(receivers["all"].attempts()) >= enough, 30)
+        assert dead() == []
+        assert len(receivers["all"].attempts()) >= enough, worker.output
+        receivers["all"].set_outage(None)
+        assert receivers["all"].wait_for(len(ids), timeout=30, distinct=True), worker.output
+    finally:
+        worker.stop()
+    assert dead() == []
+    assert Counter(d.session_id for d in receivers["all"].deliveries()) == Counter(ids)
+
+
 def test_an_operator_pauses_and_resumes_a_destination(
     worker_env: dict[str, str],
     tmp_path: Path,

@@ -5,7 +5,8 @@ them (a timeout, a refused connection, 408, 429, 5xx) is **open**; its explicit 
 Gone dead-letters that delivery as before, other 4xx) do not count, and any success resets
 the count. While open, its deliveries wait in the ledger instead of being attempted, without
 using up their retries. One probe delivery every BREAKER_PROBE_S decides: a success closes
-it, a failure keeps it open.
+it, a failure keeps it open, and its delivery waits like the others, its retries untouched
+(an explicit answer to a probe, a 410 or another 4xx, is decided as any attempt's).
 An operator's pause (``python -m worker destinations pause NAME``) holds deliveries the same
 way, with no probes, until ``resume``.
 

@@ -426,7 +426,7 @@ class Pipeline:
                 self._dead(result, metrics, work, stage, "sink_disabled", error)
             await self._record(result, metrics, flush=flush)
             return result
-        batch = await self._hold(sink_name, batch, result)
+        batch, probe = await self._hold(sink_name, batch, result)
         states = await self.state.claim(sink_name, [w.session_id for w in batch])
         claimed = [w for w, s in zip(batch, states, strict=True) if s == "claimed"]
         field_name = f"d:{sink_name}"
@@ -447,23 +447,15 @@ class Pipeline:
         for work, outcome in zip(claimed, outcomes, strict=True):
             metrics.observe("delivery_duration_seconds", outcome.duration_s, sink=sink_name)
             if outcome.error is None:
-                result.done.append(work.session_id)
-                result.events.append(
-                    Event(work, stage, "ok", field_name, "d", duration_s=outcome.duration_s)
-                )
-                log.info(
-                    "delivered",
-                    extra={
-                        **unit_fields(work),
-                        "stage": stage,
-                        "attempt": work.attempts + 1,
-                        "duration_s": round(outcome.duration_s, 4),
-                        "outcome": "delivered",
-                    },
-                )
+                self._delivered(result, work, stage, outcome.duration_s)
+                continue
+            released.append(work.session_id)
+            unreachable += _unreachable(outcome.error)
+            if probe and _unreachable(outcome.error):
+                # The breaker's probe found the destination still down: the delivery waits
+                # with the others it holds, its retries untouched (a 410 is not this).
+                self._probe_failed(result, sink_name, work, outcome)
             else:
-                released.append(work.session_id)
-                unreachable += _unreachable(outcome.error)
                 self._failed(result, metrics, work, stage, outcome.error, outcome.duration_s)
         metrics.inc("sessions_delivered", len(result.done), sink=sink_name)
         await self.state.settle(sink_name, result.done, released)
@@ -472,6 +464,53 @@ class Pipeline:
             await breaker.report(len(result.done), unreachable, time.time())
         await self._record(result, metrics, flush=flush)
         return result
+
+    def _delivered(self, result: StageResult, work: Work, stage: str, duration_s: float) -> None:
+        field_name = _ledger_field(stage, "d")[0]
+        result.done.append(work.session_id)
+        result.events.append(Event(work, stage, "ok", field_name, "d", duration_s=duration_s))
+        log.info(
+            "delivered",
+            extra={
+                **unit_fields(work),
+                "stage": stage,
+                "attempt": work.attempts + 1,
+                "duration_s": round(duration_s, 4),
+                "outcome": "delivered",
+            },
+        )
+
+    def _probe_failed(
+        self, result: StageResult, sink_name: str, work: Work, outcome: Outcome
+    ) -> None:
+        """Hold a failed probe's delivery like the others while the breaker is open: no
+        attempt counted, the ledger shows it waiting, with what the destination answered."""
+        breaker = self.breakers[sink_name]
+        assert outcome.error is not None, "only a failed probe is held"
+        stage, due = f"deliver:{sink_name}", time.time() + breaker.probe_s
+        result.retries.append((work, breaker.probe_s))
+        result.events.append(
+            Event(
+                work,
+                stage,
+                "breaker_open",
+                f"d:{sink_name}",
+                "q",
+                detail=describe_failure(outcome.error),
+                duration_s=outcome.duration_s,
+                next_at=due,
+            )
+        )
+        log.info(
+            "probe failed; held while the breaker is open",
+            extra={
+                **unit_fields(work),
+                "stage": stage,
+                "outcome": "breaker_open",
+                "delay_s": breaker.probe_s,
+                "error": self.scrub(str(outcome.error)),
+            },
+        )
 
     def _takes(self, sink_name: str, work: Work, funnel_id: str | None) -> bool:
         """Whether a destination's filters take this unit (its funnel, event type, sandbox).
@@ -485,18 +524,22 @@ class Pipeline:
         event_type = work.payload_type if work.event is not None else trigger.get("type")
         return self.sinks[sink_name].filters.take(funnel_id, event_type, trigger.get("is_sandbox"))
 
-    async def _hold(self, sink_name: str, batch: Sequence[Work], result: StageResult) -> list[Work]:
-        """What may be attempted now; the rest waits in the ledger, its retries untouched.
+    async def _hold(
+        self, sink_name: str, batch: Sequence[Work], result: StageResult
+    ) -> tuple[list[Work], bool]:
+        """What may be attempted now, and whether it is the breaker's probe; the rest waits
+        in the ledger, its retries untouched.
 
         An open breaker lets one probe through per period; a paused destination none. The
         destination's rate limit hands back what it cannot serve soon.
         """
-        go, wait_s, why = list(batch), 0.0, ""
+        go, wait_s, why, probe = list(batch), 0.0, "", False
         breaker = self.breakers.get(sink_name)
         if breaker is not None and go:
             gate = await breaker.gate()
+            probe = gate == "probe"
             if gate != "closed":
-                keep = 1 if gate == "probe" else 0
+                keep = 1 if probe else 0
                 why = "paused" if gate == "paused" else "breaker_open"
                 go, wait_s = go[:keep], breaker.probe_s
                 self._defer(result, sink_name, batch[keep:], wait_s, why)
@@ -507,7 +550,7 @@ class Pipeline:
             self._defer(result, sink_name, go[reservation.granted :], later, "rate_limited")
             self._delays[sink_name] = [reservation.delay_s(i) for i in range(reservation.granted)]
             go = go[: reservation.granted]
-        return go
+        return go, probe
 
     def _defer(
         self, result: StageResult, sink_name: str, works: Sequence[Work], delay_s: float, why: str
