@@ -3,10 +3,10 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
-# Branch coverage of worker/ and config/ measured in the test process (make test): 77 % on
-# 2026-12-02; the floor sits one point under it for timing-dependent branches. Raise it as
+# Branch coverage of worker/ and config/ measured in the test process (make test): 81–82 % on
+# 2026-12-02; the floor sits two points under it for timing-dependent branches. Raise it as
 # it rises, never lower it to pass.
-COVERAGE_FLOOR ?= 76
+COVERAGE_FLOOR ?= 79
 # make chaos: how many runs of each scenario (tests/chaos.py).
 CHAOS_RUNS ?= 20
 NETFAULT_RUNS ?= 5
