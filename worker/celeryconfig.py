@@ -72,23 +72,10 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         # 1 = scan on every sweep; the default (10) would make the period ten times longer.
         "unacked_restore_throttle": 1,
     }
+    # A worker consumes every queue unless told otherwise (-Q), so one process is enough;
+    # dedicated workers per queue are a -Q away.
     return {
-        "broker_url": broker_url,
-        "broker_transport_options": transport,
-        "broker_connection_retry_on_startup": True,
-        "broker_connection_max_retries": None,
-        "result_backend": None,
-        "task_ignore_result": True,
-        "task_serializer": "json",
-        "accept_content": ["json"],
-        "task_default_queue": FETCH_QUEUE,
-        # A worker consumes every queue unless told otherwise (-Q), so one process is enough;
-        # dedicated workers per queue are a -Q away.
-        # The fetch queue and one per destination: a slow destination backs up its own.
-        "task_queues": [
-            own_queue(FETCH_QUEUE),
-            *(own_queue(delivery_queue(name)) for name in settings.enabled_sinks),
-        ],
+        **_broker_and_queues(broker_url, transport, settings.enabled_sinks),
         "task_acks_late": True,
         "task_reject_on_worker_lost": True,
         # A task that hits its time limit goes back to the queue rather than being acked away.
@@ -106,6 +93,14 @@ def flower_config(redis_url: str, destinations: Sequence[str]) -> dict[str, Any]
     """Celery settings for Flower's app: the broker, and the queues its broker page lists
     while no worker is online to name its own; nothing a worker reads."""
     broker_url, transport = broker_connection(redis_url)
+    return _broker_and_queues(broker_url, transport, destinations)
+
+
+def _broker_and_queues(
+    broker_url: str, transport: dict[str, Any], destinations: Sequence[str]
+) -> dict[str, Any]:
+    """What the worker's and Flower's apps share: the broker, JSON, no results, and the
+    fetch queue with one per destination (a slow destination backs up its own)."""
     return {
         "broker_url": broker_url,
         "broker_transport_options": transport,
