@@ -9,6 +9,7 @@ without losing a session; an operator pauses and resumes one from the console.
 from __future__ import annotations
 
 import json
+import time
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -46,6 +47,7 @@ def destinations_env(
     tmp_path: Path,
     receivers: dict[str, WebhookReceiver],
     funnels: list[str],
+    dead_timeout_s: int = 2,
     **extra: str,
 ) -> dict[str, str]:
     text = f"""
@@ -67,7 +69,7 @@ name = "dead"
 type = "webhook"
 url = "{receivers["dead"].url}"
 secret = "{KEY_ALL}"
-timeout_s = 2
+timeout_s = {dead_timeout_s}
 
 [[destinations]]
 name = "warehouse"
@@ -142,24 +144,47 @@ def test_four_destinations_each_get_what_they_should(
     assert KEY_NEW.removeprefix("whsec_") not in worker.output
 
 
+HANG_TIMEOUT_S = 20
+
+
+@pytest.mark.parametrize("inline", ["true", "false"], ids=["inline", "queued"])
 def test_a_hanging_destination_holds_up_no_other(
+    inline: str,
     worker_env: dict[str, str],
     tmp_path: Path,
     receivers: dict[str, WebhookReceiver],
     redis_client: redis.Redis,
 ) -> None:
-    ids = [f"ses_hang{n:02d}" for n in range(30)]
-    env = destinations_env(worker_env, tmp_path, receivers, [])
-    receivers["dead"].set_latency(60_000)  # answers after its 2 s timeout, every time
+    ids = [f"ses_hang{n:02d}" for n in range(60)]
+    env = destinations_env(
+        worker_env,
+        tmp_path,
+        receivers,
+        [],
+        dead_timeout_s=HANG_TIMEOUT_S,
+        WORKER_BATCH_SIZE="5",  # twelve messages for two pool processes
+        INLINE_DELIVERY=inline,
+    )
+    receivers["dead"].set_latency(120_000)  # never answers within its timeout
     enqueue(env, ids)
     worker = start_worker(env)
     try:
-        assert receivers["all"].wait_for(len(ids), timeout=60, distinct=True), worker.output
-        assert wait_until(lambda: redis_client.xlen("test:warehouse") == len(ids), 30)
-        # Everything else arrived while the hanging one has not answered a single delivery.
+        # Every other destination has every session before the hanging one's first attempts
+        # reach their timeout: nothing waited for them. (A pool process held by each attempt
+        # would keep ten of the twelve messages waiting 20 s behind the first two.)
+        give_up = time.monotonic() + HANG_TIMEOUT_S - 5
+        assert receivers["all"].wait_for(len(ids), timeout=HANG_TIMEOUT_S - 5, distinct=True), (
+            worker.output
+        )
+        in_stream = lambda: redis_client.xlen("test:warehouse") == len(ids)  # noqa: E731
+        assert wait_until(in_stream, max(0.1, give_up - time.monotonic())), worker.output
         assert receivers["dead"].accepted_count() == 0
+        # Its attempts, left to finish in the background, end at the timeout and are recorded
+        # there: they count as failures, and its breaker opens.
+        assert worker.wait_for_output("destination dead paused", 60), worker.output
     finally:
-        worker.stop()
+        worker.stop(40)
+    assert dead_letters(redis_client) == {}
 
 
 def test_the_breaker_pauses_a_failing_destination_and_loses_nothing(

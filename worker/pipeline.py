@@ -19,6 +19,7 @@ from typing import Any
 import orjson
 import redis.asyncio as aioredis
 
+from worker.background import Background
 from worker.breaker import Breaker
 from worker.conversions import NO_SESSION_ID
 from worker.deadletters import DeadLetter, DeadLetters
@@ -129,6 +130,8 @@ class Pipeline:
     claim_wait_s: float = 5.0
     # Set: a fetch handed ``on_ready`` makes each session's first delivery itself (inline).
     inline: InlineGate | None = None
+    # Set: a delivery still under way after a short hold finishes in the background.
+    background: Background | None = None
     scrub: Callable[[str], str] = str
     now: Callable[[], datetime] = lambda: datetime.now(UTC)
     _auth_warned: bool = False
@@ -413,7 +416,9 @@ class Pipeline:
         """Deliver built payloads to one sink, each session at most once while its record lives.
 
         With ``metrics`` (a fetch's inline delivery), what it counts is added there and written
-        by the caller; ``fetched`` are ledger events recorded first, with the delivery's.
+        by the caller; ``fetched`` are ledger events recorded first, with the delivery's. With
+        ``background``, attempts still under way after its hold are recorded when they end, not
+        in the result returned.
         """
         flush = metrics is None
         result = StageResult(events=list(fetched))
@@ -442,7 +447,49 @@ class Pipeline:
                 due = time.time() + self.claim_wait_s
                 result.events.append(Event(work, stage, "busy", next_at=due))
         metrics.inc("sessions_skipped", len(result.skipped), stage=stage)
-        outcomes = await self._paced_deliver(sink, claimed)
+        attempts = asyncio.ensure_future(self._paced_deliver(sink, claimed))
+        if claimed and not await self._waited(sink_name, attempts):
+            # Still under way: it finishes (and is recorded) in the background, and this task
+            # records what it has and ends, so the process goes on to other destinations' work.
+            later = self._settle(sink_name, claimed, attempts, probe, StageResult(), MetricsBatch())
+            assert self.background is not None, "only ever not waited for with one"
+            self.background.keep(sink_name, later)
+            if self.inline is not None:
+                self.inline.observe(sink_name, float("inf"))
+            log.info(
+                "delivery continues in the background",
+                extra={"stage": stage, "outcome": "away", "count": len(claimed)},
+            )
+            await self._record(result, metrics, flush=flush)
+            return result
+        await self._settle(sink_name, claimed, attempts, probe, result, metrics, flush=flush)
+        return result
+
+    async def _waited(self, sink_name: str, attempts: asyncio.Future[list[Outcome]]) -> bool:
+        """Wait for a batch's attempts; False: it is still under way after the destination's
+        hold (see worker.background), to finish without this task."""
+        if self.background is None or self.ledger is None:
+            # Without the ledger a retry is published by the task itself: it must wait.
+            await asyncio.wait({attempts})
+            return True
+        done, _ = await asyncio.wait({attempts}, timeout=self.background.wait_s(sink_name))
+        return bool(done)
+
+    async def _settle(
+        self,
+        sink_name: str,
+        claimed: Sequence[Work],
+        attempts: asyncio.Future[list[Outcome]],
+        probe: bool,
+        result: StageResult,
+        metrics: MetricsBatch,
+        *,
+        flush: bool = True,
+    ) -> None:
+        """Record how a batch's attempts went: delivered, retried, held or dead-lettered
+        (``metrics`` written too unless the caller writes them later, with more)."""
+        stage = f"deliver:{sink_name}"
+        outcomes = await attempts
         released, unreachable = [], 0
         for work, outcome in zip(claimed, outcomes, strict=True):
             metrics.observe("delivery_duration_seconds", outcome.duration_s, sink=sink_name)
@@ -463,7 +510,6 @@ class Pipeline:
         if breaker is not None:
             await breaker.report(len(result.done), unreachable, time.time())
         await self._record(result, metrics, flush=flush)
-        return result
 
     def _delivered(self, result: StageResult, work: Work, stage: str, duration_s: float) -> None:
         field_name = _ledger_field(stage, "d")[0]
@@ -531,9 +577,14 @@ class Pipeline:
         in the ledger, its retries untouched.
 
         An open breaker lets one probe through per period; a paused destination none. The
-        destination's rate limit hands back what it cannot serve soon.
+        destination's rate limit hands back what it cannot serve soon, and a destination with
+        as many batches away in the background as it may have gets none attempted.
         """
         go, wait_s, why, probe = list(batch), 0.0, "", False
+        if self.background is not None and self.background.full(sink_name):
+            # Its earlier batches are still under way here: no attempt now, none used up.
+            self._defer(result, sink_name, go, self.background.retry_s, "in_flight")
+            return [], False
         breaker = self.breakers.get(sink_name)
         if breaker is not None and go:
             gate = await breaker.gate()
@@ -564,6 +615,8 @@ class Pipeline:
     async def _paced_deliver(self, sink: Sink, works: Sequence[Work]) -> list[Outcome]:
         """Deliver, each at the time its rate-limit slot starts (all at once without a limit)."""
         delays = self._delays.pop(sink.name, None)
+        if not works:
+            return []
         deliveries = [delivery_of(w) for w in works]
         if not delays or max(delays) <= 0:
             return await sink.deliver(deliveries)

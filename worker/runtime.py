@@ -7,13 +7,17 @@ sockets and event loops do not survive a fork.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
+import logging
 import os
+import threading
 from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
 
 import redis.asyncio as aioredis
 
 from config import Settings
+from worker.background import Background
 from worker.breaker import Breaker
 from worker.deadletters import DeadLetters
 from worker.enrich_device import warm_up
@@ -32,6 +36,8 @@ from worker.sinks.registry import build_sink
 from worker.state import DeliveryState
 
 T = TypeVar("T")
+SIGNAL_CHECK_S = 0.1
+log = logging.getLogger("worker.runtime")
 
 
 def new_event_loop() -> asyncio.AbstractEventLoop:
@@ -44,11 +50,20 @@ def new_event_loop() -> asyncio.AbstractEventLoop:
 
 
 class Runtime:
-    """One per worker process: owns the loop and every client the pipeline uses."""
+    """One per worker process: owns the loop and every client the pipeline uses.
+
+    The loop runs in a thread of its own, between tasks too: a delivery a task stopped waiting
+    for (worker.background) goes on and is recorded while the process runs other tasks.
+    """
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.loop = new_event_loop()
+        self._loop_thread = threading.Thread(
+            target=self.loop.run_forever, name="runtime-loop", daemon=True
+        )
+        self._loop_thread.start()
+        self.background = Background()
         self._clients: list[HttpSession] = []
         self._other_redis: dict[str, aioredis.Redis] = {}
         self.redis = async_client(settings.redis_url)
@@ -112,6 +127,7 @@ class Runtime:
             breakers=breakers,
             sink_limits=sink_limits,
             inline=InlineGate() if settings.inline_delivery else None,
+            background=self.background,
             scrub=scrubber(settings),
         )
 
@@ -136,19 +152,37 @@ class Runtime:
 
     def run(self, coroutine: Coroutine[Any, Any, T]) -> T:
         """Run one stage to completion on this process's loop."""
-        return self.loop.run_until_complete(coroutine)
+        return result_of(asyncio.run_coroutine_threadsafe(coroutine, self.loop))
 
     def close(self) -> None:
-        """Close every client, then the loop."""
+        """Let deliveries finishing in the background end, close every client, then the loop."""
 
         async def _close() -> None:
+            # Past this, a delivery still away is the reconciler's (see worker.background).
+            left = await self.background.drain(self.settings.slowest_delivery_s + 1)
+            if left:
+                log.warning("closing with delivery batches still away", extra={"count": left})
             for client in self._clients:
                 await client.aclose()
             for redis in (self.redis, *self._other_redis.values()):
                 await redis.aclose()
 
-        self.loop.run_until_complete(_close())
+        self.run(_close())
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self._loop_thread.join(5)
         self.loop.close()
+
+
+def result_of(future: concurrent.futures.Future[T]) -> T:
+    """``future``'s result, waking now and then meanwhile: Python runs signal handlers (the
+    pool's SIGTERM handler, which ends a cancelled task's process) only in the main thread,
+    between bytecodes, never while it sleeps in a lock another thread is to release."""
+    while True:
+        try:
+            return future.result(timeout=SIGNAL_CHECK_S)
+        except TimeoutError:
+            if future.done():  # the stage's own TimeoutError
+                raise
 
 
 def claim_ttl_s(settings: Settings) -> float:
