@@ -50,13 +50,16 @@ stream = "{STREAM}"
     extra = f"timeout_s = {BAD_TIMEOUT_S}\n"
     if scenario == "limited":
         extra += f"rate_limit_per_s = {RATE_PER_S}\n"
-    return text + f"""
+    return (
+        text
+        + f"""
 [[destinations]]
 name = "bad"
 type = "webhook"
 url = "{bad_url}"
 secret = "${{BAD_KEY}}"
 {extra}"""
+    )
 
 
 def run_one(
