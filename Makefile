@@ -11,7 +11,7 @@ COVERAGE_FLOOR ?= 79
 CHAOS_RUNS ?= 20
 NETFAULT_RUNS ?= 5
 
-.PHONY: install test lint format demo bench bench-fsync bench-memory chaos run dashboard-image
+.PHONY: install test lint format demo bench bench-fsync bench-isolation bench-memory chaos run dashboard-image
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -45,6 +45,9 @@ dashboard-image: $(STAMP)  ## docs/dashboard.png: the Grafana dashboard's panels
 
 bench-fsync: $(STAMP)  ## what Redis's AOF fsync policy (always, everysec, no) costs the worker
 	$(BIN)/python -m bench --fsync always,everysec,no --latencies 0,50 --repeat 2
+
+bench-isolation: $(STAMP)  ## healthy destinations' time beside a hanging, a gone and a rate-limited one
+	$(BIN)/python -m bench.isolation --own-redis
 
 chaos: $(STAMP)  ## workers and Redis SIGKILLed while consuming, then cut connections: each run and the tally
 	$(BIN)/python -m tests.chaos --chaos $(CHAOS_RUNS) --netfault $(NETFAULT_RUNS)

@@ -1,7 +1,8 @@
 """``python -m bench.isolation``: does one bad destination slow the others down?
 
 The same N sessions go to two healthy destinations (a webhook and a stream on the state
-Redis), once with nothing else configured and once beside each kind of bad destination: one
+Redis), once with nothing else configured, once beside a third that answers at once (what any
+third destination costs on these cores), and once beside each kind of bad destination: one
 that hangs to its timeout, one that answers 410 Gone, one paced by a rate limit. The Procfile's
 worker on the shipped defaults; the scenarios take turns, ``--rounds`` times, so load from
 elsewhere on the machine falls on all of them alike. Printed: the time from the worker being
@@ -28,7 +29,8 @@ from workshop.receiver import WebhookReceiver
 STREAM = "bench:isolation"
 BAD_TIMEOUT_S = 10
 RATE_PER_S = 20
-SCENARIOS = ("absent", "hanging", "gone", "limited")
+# "answering": a third destination that is fine, what any third one costs on these cores.
+SCENARIOS = ("absent", "answering", "hanging", "gone", "limited")
 
 
 def destinations(scenario: str, healthy_url: str, bad_url: str) -> str:
