@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import subprocess
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -16,11 +15,11 @@ from celery import Celery
 
 from bench import noop, textbook
 from bench.harness import (
-    ROOT,
     Child,
     TreeMonitor,
     base_env,
     cpu_seconds,
+    enqueue,
     wait_until,
 )
 from bench.measure import (
@@ -169,16 +168,7 @@ def run_ours(bench: Bench, latency_ms: float, *, ledger: bool = True, round_no: 
     env, ids = bench.worker_env(), bench.ids()
     if not ledger:
         env["LEDGER_ENABLED"] = "false"
-    queued = subprocess.run(
-        [sys.executable, "-m", "worker", "enqueue", "-"],
-        input="\n".join(ids) + "\n",
-        env=env,
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
+    queued = enqueue(ids, env)
     if queued.returncode != 0:
         outcome.problems.append(f"enqueue failed ({queued.returncode}): {queued.stderr.strip()}")
         return outcome

@@ -6,6 +6,7 @@ import contextlib
 import os
 import signal
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
@@ -29,6 +30,20 @@ def base_env(extra: Mapping[str, str]) -> dict[str, str]:
     env = {key: os.environ[key] for key in ("PATH", "HOME") if key in os.environ}
     env.update(extra)
     return env
+
+
+def enqueue(ids: Iterable[str], env: Mapping[str, str]) -> subprocess.CompletedProcess[str]:
+    """``python -m worker enqueue -`` with ``ids`` on its stdin, as an operator queues them."""
+    return subprocess.run(
+        [sys.executable, "-m", "worker", "enqueue", "-"],
+        input="\n".join(ids) + "\n",
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
 
 
 def wait_until(condition: Callable[[], bool], timeout_s: float, interval_s: float = 0.05) -> bool:

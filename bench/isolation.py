@@ -14,14 +14,12 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
 from collections import defaultdict
 from pathlib import Path
 
-from bench.harness import ROOT, Child, base_env, wait_until
+from bench.harness import Child, base_env, enqueue, wait_until
 from bench.services import BenchRedis, Receiver, Simulator, funnelfox_secret, webhook_secret
 from workshop.procfile import local_command, procfile_command
 from workshop.receiver import WebhookReceiver
@@ -93,16 +91,7 @@ def run_one(
         }
     )
     ids = [f"iso_{i}" for i in range(1, n + 1)]
-    subprocess.run(
-        [sys.executable, "-m", "worker", "enqueue", "-"],
-        input="\n".join(ids) + "\n",
-        env=env,
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=True,
-    )
+    enqueue(ids, env).check_returncode()
     child = Child(f"isolation-{scenario}", local_command(procfile_command("worker")), env, log_dir)
     try:
         if child.wait_for(" ready.", 60) is None:

@@ -18,8 +18,6 @@ import argparse
 import asyncio
 import secrets
 import shutil
-import subprocess
-import sys
 import tempfile
 import time
 from dataclasses import dataclass
@@ -28,7 +26,7 @@ from pathlib import Path
 import redis
 import redis.asyncio as aioredis
 
-from bench.harness import ROOT, Child, base_env, stop_all, wait_until
+from bench.harness import Child, base_env, enqueue, stop_all, wait_until
 from bench.services import Receiver, Simulator, funnelfox_secret, webhook_secret
 from worker.ingress.markers import EventMarkers
 from worker.keys import (
@@ -134,16 +132,7 @@ def _run_with(
     gone = [ulid_like("ses_") + "-h410" for _ in range(refused)]
     missing = [ulid_like("ses_") + "-s404" for _ in range(refused)]
     before = used(client)
-    subprocess.run(
-        [sys.executable, "-m", "worker", "enqueue", "-"],
-        input="\n".join(plain + gone + missing) + "\n",
-        env=env,
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=True,
-    )
+    enqueue(plain + gone + missing, env).check_returncode()
     time.sleep(0.2)  # client buffers settle
     messages = int(client.llen(FETCH_QUEUE))
     fetch_row = Row(
