@@ -11,6 +11,8 @@ Sessions flow in through web (events posted as FunnelFox posts them: each again 
 acknowledged) and through ``python -m worker enqueue``. The primary is SIGKILLed mid-flow;
 the Sentinels promote the replica; the old primary comes back (as a supervisor restarts it)
 and the Sentinels make it the new replica. No worker, web or Flower process is restarted.
+Every data node keeps an append-only file, as compose's do: restarted empty, the old primary
+could be promoted again before it had synced and wipe the rest (see SentinelCluster).
 
 Every accepted session must then end delivered (one webhook-id at the receiver) or
 dead-lettered. With REDIS_WAIT_REPLICAS=1 that holds for every one of them. With 0, events
@@ -168,7 +170,7 @@ def batch(prefix: str, count: int) -> list[str]:
 
 @pytest.fixture
 def cluster() -> Iterator[SentinelCluster]:
-    with SentinelCluster(replication_delay_ms=LINK_DELAY_MS) as running:
+    with SentinelCluster(replication_delay_ms=LINK_DELAY_MS, persistent=True) as running:
         yield running
 
 
@@ -323,6 +325,7 @@ def test_a_failover_under_load_loses_no_accepted_session(
     figures = (
         f"\nfailover (REDIS_WAIT_REPLICAS={wait_replicas}, link {LINK_DELAY_MS} ms): "
         f"promoted {promoted_at - killed_at:.1f} s after the kill; "
+        f"primary changed {cluster.failovers()} time(s) in all; "
         f"web acknowledged nothing for {gap:.1f} s; "
         f"console during: exits {during.exits}, "
         f"done at +{(during.done_at or 0) - killed_at:.1f} s; "

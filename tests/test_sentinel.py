@@ -218,3 +218,21 @@ def test_a_sentinel_url_that_answers_nowhere_is_one_line_without_its_password() 
     assert "hunter2" not in message
     assert "s3-pw" not in message
     assert "\n" not in message
+
+
+@pytest.mark.parametrize("persistent", [True, False], ids=["append-only", "memory-only"])
+def test_a_data_node_restarted_after_a_kill_keeps_its_data_only_if_persistent(
+    persistent: bool,
+) -> None:
+    """Why the failover test's nodes keep an append-only file: a memory-only primary that a
+    supervisor restarts comes back empty, and promoted before it has synced it would wipe
+    the node that kept everything."""
+    with SentinelCluster(replicas=0, sentinels=0, persistent=persistent) as cluster:
+        node = cluster.data[0]
+        with node.client() as client:
+            client.set("acknowledged", 1)
+        node.kill()
+        node.start()
+        with node.client() as client:
+            until_it_works(client.ping)
+            assert client.get("acknowledged") == (b"1" if persistent else None)

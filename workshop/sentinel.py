@@ -134,6 +134,13 @@ class SentinelCluster:
     become the primary), e.g. ``("--min-replicas-to-write", "1")``. With
     ``replication_delay_ms``, replicas replicate through a ``DelayProxy`` that dies with the
     primary: a standby on another host, whose last writes in flight a crash loses.
+
+    With ``persistent``, every data node keeps an append-only file (``appendfsync always``),
+    as the compose file's do, so a node restarted after a kill comes back with its data.
+    Without it a restarted node comes back empty, which is only safe when nothing restarts
+    it: the Sentinels count a replica that has never synced as up to date, so if they fail
+    over again before it has synced, they promote the empty node and the others resync from
+    it, wiping every key (Redis's replication docs warn against exactly this setup).
     """
 
     def __init__(
@@ -146,13 +153,15 @@ class SentinelCluster:
         failover_timeout_ms: int = 3000,
         data_args: Sequence[str] = (),
         replication_delay_ms: float = 0,
+        persistent: bool = False,
     ) -> None:
         self._dir = tempfile.TemporaryDirectory(prefix="ffe-sentinel-")
         root = Path(self._dir.name)
         self.quorum = quorum
         self.down_after_ms = down_after_ms
         self.failover_timeout_ms = failover_timeout_ms
-        common = ["--bind", HOST, "--save", "", "--appendonly", "no", *data_args]
+        aof = ["yes", "--appendfsync", "always"] if persistent else ["no"]
+        common = ["--bind", HOST, "--save", "", "--appendonly", *aof, *data_args]
         # A replica syncs at once rather than after the default 5 s wait for others to join.
         common += ["--maxmemory-policy", "noeviction", "--repl-diskless-sync-delay", "0"]
         primary_port = free_port()
@@ -292,6 +301,11 @@ class SentinelCluster:
 
         _wait(promoted, timeout_s, "the Sentinels did not promote a replica:\n" + self.logs())
         return self.primary()
+
+    def failovers(self) -> int:
+        """How many times the primary has changed, as the Sentinels logged it (the most any
+        one of them saw)."""
+        return max(s.tail(100_000).count("+switch-master") for s in self.sentinels)
 
     def logs(self, lines: int = 15) -> str:
         """The end of every server's log."""
