@@ -10,8 +10,10 @@ COVERAGE_FLOOR ?= 79
 # make chaos: how many runs of each scenario (tests/chaos.py).
 CHAOS_RUNS ?= 20
 NETFAULT_RUNS ?= 5
+# make failover: how many runs of the Sentinel failover proof (both modes each).
+FAILOVER_RUNS ?= 10
 
-.PHONY: install test lint format demo bench bench-fsync bench-isolation bench-memory chaos run dashboard-image
+.PHONY: install test lint format demo bench bench-fsync bench-isolation bench-memory chaos failover run dashboard-image
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -51,6 +53,9 @@ bench-isolation: $(STAMP)  ## healthy destinations' time beside a hanging, a gon
 
 chaos: $(STAMP)  ## workers and Redis SIGKILLed while consuming, then cut connections: each run and the tally
 	$(BIN)/python -m tests.chaos --chaos $(CHAOS_RUNS) --netfault $(NETFAULT_RUNS)
+
+failover: $(STAMP)  ## the Sentinel failover proof again and again: each run's figures and the tally
+	$(BIN)/python -m tests.failover_runs --runs $(FAILOVER_RUNS)
 
 run: $(STAMP)  ## one worker, as the Procfile's worker: line runs it
 	$(BIN)/celery -A worker.app worker --loglevel=INFO --without-gossip --without-mingle
