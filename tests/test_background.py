@@ -11,25 +11,19 @@ from __future__ import annotations
 import asyncio
 import threading
 from collections.abc import Sequence
+from contextlib import AbstractAsyncContextManager
 
-import httpx
 import pytest
 import redis
-import redis.asyncio as aioredis
-from pydantic import SecretStr
-from test_pipeline import POLICY, upstream
+from pipelines import pipeline_on
 
 from worker import errors
 from worker.background import Background
-from worker.deadletters import DeadLetters
-from worker.fetch import FunnelFoxClient
-from worker.http import HttpSession
 from worker.keys import ledger_key
 from worker.ledger import Ledger
 from worker.pipeline import Pipeline
 from worker.runtime import new_event_loop, result_of
 from worker.sinks.base import Delivery, Outcome, Sink
-from worker.state import DeliveryState
 from worker.work import Work
 
 HOLD_S = 0.05
@@ -55,14 +49,12 @@ class HeldSink(Sink):
         return [Outcome(self.answer, 0.001) for _ in deliveries]
 
 
-def pipeline_for(client: aioredis.Redis, sink: Sink, http: HttpSession) -> Pipeline:
-    return Pipeline(
-        funnelfox=FunnelFoxClient(http, api_url="http://ff.test/v1", secret=SecretStr("s_1")),
-        sinks={sink.name: sink},
-        state=DeliveryState(client, dedupe_ttl_s=60, claim_ttl_s=5),
-        dead_letters=DeadLetters(client),
-        policy=POLICY,
-        ledger=Ledger(client, ttl_s=600),
+def pipeline_for(redis_url: str, sink: Sink) -> AbstractAsyncContextManager[Pipeline]:
+    """A pipeline with a ledger, waiting ``HOLD_S`` for ``sink`` and then leaving it to run on."""
+    return pipeline_on(
+        redis_url,
+        [sink],
+        with_client=lambda client: {"ledger": Ledger(client, ttl_s=600)},
         background=Background(hold_s=HOLD_S, max_batches=2, retry_s=1.0),
     )
 
@@ -74,12 +66,9 @@ def test_a_hanging_destination_is_waited_for_once_then_not_at_all_then_held(
     ids = [f"ses_away{n}" for n in range(6)]
 
     async def main() -> None:
-        client = aioredis.Redis.from_url(redis_url)
-        http = HttpSession(httpx.MockTransport(upstream), httpx.Timeout(1))
-        pipeline = pipeline_for(client, sink, http)
-        background = pipeline.background
-        assert background is not None
-        try:
+        async with pipeline_for(redis_url, sink) as pipeline:
+            background = pipeline.background
+            assert background is not None
             fetched = await pipeline.fetch([Work(sid) for sid in ids])
             works = fetched.deliveries["slow"]
             assert background.wait_s("slow") == HOLD_S
@@ -102,9 +91,6 @@ def test_a_hanging_destination_is_waited_for_once_then_not_at_all_then_held(
             assert background.away() == 0
             assert background.wait_s("slow") == HOLD_S
             pending = await pipeline.state.pending_sinks(ids, ["slow"])
-        finally:
-            await client.aclose()
-            await http.aclose()
         # Recorded once they ended: delivered, in the delivery records and the ledger.
         assert pending == [[], [], [], [], ["slow"], ["slow"]]
 
@@ -121,20 +107,14 @@ def test_a_background_failure_is_retried_through_the_ledger(
     sink = HeldSink("slow")
 
     async def main() -> tuple[list[list[str]], int]:
-        client = aioredis.Redis.from_url(redis_url)
-        http = HttpSession(httpx.MockTransport(upstream), httpx.Timeout(1))
-        pipeline = pipeline_for(client, sink, http)
-        assert pipeline.background is not None
-        try:
+        async with pipeline_for(redis_url, sink) as pipeline:
+            assert pipeline.background is not None
             fetched = await pipeline.fetch([Work("ses_awayfail")])
             result = await pipeline.deliver("slow", fetched.deliveries["slow"])
             assert result.retries == []
             sink.release(errors.SinkUnavailable("webhook answered 503"))
             left = await pipeline.background.drain(5)
             return await pipeline.state.pending_sinks(["ses_awayfail"], ["slow"]), left
-        finally:
-            await client.aclose()
-            await http.aclose()
 
     pending, left = asyncio.run(main())
     assert (pending, left) == ([["slow"]], 0)

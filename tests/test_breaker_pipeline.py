@@ -7,27 +7,18 @@ still down. An explicit answer (410 Gone) to a probe dead-letters it as before.
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Callable, Coroutine, Sequence
-from datetime import UTC, datetime
 from typing import Any, TypeVar
 
-import httpx
 import pytest
 import redis
-import redis.asyncio as aioredis
-from pydantic import SecretStr
-from test_pipeline import POLICY, RecordingSink, dead_letters, upstream
+from pipelines import POLICY, RecordingSink, dead_letters, fixed_clock, run_pipeline
 
 from worker import errors
 from worker.breaker import Breaker
-from worker.deadletters import DeadLetters
-from worker.fetch import FunnelFoxClient
-from worker.http import HttpSession
 from worker.keys import breaker_key, breaker_probe_key
 from worker.pipeline import Pipeline, StageResult
 from worker.sinks.base import Sink
-from worker.state import DeliveryState
 from worker.work import Work
 
 T = TypeVar("T")
@@ -35,25 +26,16 @@ PROBE_S = 30.0  # long: a test lets the next probe through by removing its token
 
 
 def run(redis_url: str, use: Callable[[Pipeline], Coroutine[Any, Any, T]], sink: Sink) -> T:
-    async def main() -> T:
-        client = aioredis.Redis.from_url(redis_url)
-        http = HttpSession(httpx.MockTransport(upstream), httpx.Timeout(1))
-        pipeline = Pipeline(
-            funnelfox=FunnelFoxClient(http, api_url="http://ff.test/v1", secret=SecretStr("s_1")),
-            sinks={sink.name: sink},
-            state=DeliveryState(client, dedupe_ttl_s=60, claim_ttl_s=5),
-            dead_letters=DeadLetters(client),
-            policy=POLICY,
-            breakers={sink.name: Breaker(client, sink.name, failures=1, probe_s=PROBE_S)},
-            now=lambda: datetime(2026, 1, 1, tzinfo=UTC),
-        )
-        try:
-            return await use(pipeline)
-        finally:
-            await client.aclose()
-            await http.aclose()
-
-    return asyncio.run(main())
+    """What ``use`` returns from a pipeline whose breaker opens at the sink's first failure."""
+    return run_pipeline(
+        redis_url,
+        [sink],
+        use,
+        with_client=lambda client: {
+            "breakers": {sink.name: Breaker(client, sink.name, failures=1, probe_s=PROBE_S)}
+        },
+        now=fixed_clock,
+    )
 
 
 def unavailable(_: str) -> errors.StageError:

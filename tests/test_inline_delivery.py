@@ -6,26 +6,19 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Sequence
 
-import httpx
 import pytest
 import redis
-import redis.asyncio as aioredis
+from pipelines import POLICY, RecordingSink, ok, run_pipeline
 from processes import start_worker
-from pydantic import SecretStr
 from test_ledger_e2e import enqueue
-from test_pipeline import POLICY, RecordingSink, ok, upstream
 
 from worker import errors
-from worker.deadletters import DeadLetters
-from worker.fetch import FunnelFoxClient
-from worker.http import HttpSession
 from worker.inline import InlineGate
 from worker.keys import DUE, claim_key, delivered_key, ledger_key
 from worker.ledger import Acceptance, Ledger, LedgerWriter
 from worker.pipeline import Pipeline, StageResult
 from worker.ratelimit import FleetRateLimit
 from worker.sinks.base import Delivery, Outcome, Sink
-from worker.state import DeliveryState
 from worker.work import Work
 from workshop.receiver import WebhookReceiver
 
@@ -55,26 +48,20 @@ def fetch_inline(
     returned and what it handed to the task layer to publish."""
     handed: list[StageResult] = []
 
-    async def main() -> list[StageResult]:
-        client = aioredis.Redis.from_url(redis_url)
-        http = HttpSession(httpx.MockTransport(upstream), httpx.Timeout(1))
-        pipeline = Pipeline(
-            funnelfox=FunnelFoxClient(http, api_url="http://ff.test/v1", secret=SecretStr("s_1")),
-            sinks={sink.name: sink for sink in sinks},
-            state=DeliveryState(client, dedupe_ttl_s=60, claim_ttl_s=5),
-            dead_letters=DeadLetters(client),
-            policy=POLICY,
-            sink_limits={name: FleetRateLimit(client, rate_per_s=1000) for name in limited},
-            inline=gate,
-            ledger=Ledger(client, ttl_s=60) if with_ledger else None,
-        )
-        try:
-            return [await pipeline.fetch(batch, on_ready=handed.append) for batch in batches]
-        finally:
-            await client.aclose()
-            await http.aclose()
+    async def fetch_each(pipeline: Pipeline) -> list[StageResult]:
+        return [await pipeline.fetch(batch, on_ready=handed.append) for batch in batches]
 
-    return asyncio.run(main()), handed
+    fetched = run_pipeline(
+        redis_url,
+        sinks,
+        fetch_each,
+        with_client=lambda client: {
+            "sink_limits": {name: FleetRateLimit(client, rate_per_s=1000) for name in limited},
+            "ledger": Ledger(client, ttl_s=60) if with_ledger else None,
+        },
+        inline=gate,
+    )
+    return fetched, handed
 
 
 def test_a_fetch_delivers_its_sessions_itself(redis_url: str, redis_client: redis.Redis) -> None:

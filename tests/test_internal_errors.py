@@ -13,11 +13,13 @@ import httpx
 import orjson
 import pytest
 import redis
+from pipelines import POLICY, dead_letters, ok, upstream
 from pydantic import SecretStr
-from test_pipeline import POLICY, dead_letters, ok, run, upstream
+from test_pipeline import run
 
 from worker import errors
 from worker.http import HttpSession
+from worker.pipeline import StageResult
 from worker.sinks.base import Delivery, Outcome, Sink
 from worker.sinks.webhook import WebhookSink
 from worker.work import Work
@@ -32,13 +34,15 @@ def buggy_upstream(request: httpx.Request) -> httpx.Response:
 
 
 def test_a_bug_in_the_fetch_path_is_retried_logged_at_error_then_internal_error(
-    redis_url: str, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+    redis_url: str, caplog: pytest.LogCaptureFixture
 ) -> None:
-    monkeypatch.setattr("test_pipeline.upstream", buggy_upstream)
     caplog.set_level(logging.INFO)
     sinks = [RecordingSinkAll("webhook")]
 
-    first = run(redis_url, lambda p: p.fetch([Work("ses_bug1"), Work("ses_fine")]), sinks)
+    def fetch(works: list[Work]) -> StageResult:
+        return run(redis_url, lambda p: p.fetch(works), sinks, handler=buggy_upstream)
+
+    first = fetch([Work("ses_bug1"), Work("ses_fine")])
 
     assert first.done == ["ses_fine"]  # its batch-mate goes on
     [(retry, _delay)] = first.retries
@@ -54,7 +58,7 @@ def test_a_bug_in_the_fetch_path_is_retried_logged_at_error_then_internal_error(
     result = first
     while not result.dead:
         [(work, _delay)] = result.retries
-        result = run(redis_url, lambda p: p.fetch([work]), sinks)  # noqa: B023 - run at once
+        result = fetch([work])
     [letter] = result.dead
     assert letter.reason == "internal_error"
     assert letter.attempts == POLICY.max_attempts

@@ -2,94 +2,42 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import Callable, Coroutine, Sequence
-from datetime import UTC, datetime
 from typing import Any, TypeVar
 
-import httpx
 import orjson
 import pytest
 import redis
-import redis.asyncio as aioredis
-from pydantic import SecretStr
+from pipelines import (
+    POLICY,
+    Handler,
+    RecordingSink,
+    dead_letters,
+    fixed_clock,
+    ok,
+    run_pipeline,
+    upstream,
+)
 
 from worker import errors
-from worker.deadletters import DeadLetters
-from worker.fetch import FunnelFoxClient
-from worker.http import HttpSession
 from worker.keys import claim_key, delivered_key
 from worker.pipeline import Pipeline, StageResult
-from worker.retry import RetryPolicy
-from worker.sinks.base import Delivery, Outcome, Sink
-from worker.state import DeliveryState
+from worker.sinks.base import Sink
 from worker.work import Work
-from workshop.sessions import make_session
 
 T = TypeVar("T")
-POLICY = RetryPolicy(base_s=0.01, max_s=0.1, max_attempts=3)
-
-
-class RecordingSink(Sink):
-    """A sink that records what it got and answers from a script."""
-
-    def __init__(self, name: str, answer: Callable[[str], errors.StageError | None]) -> None:
-        self.name = name
-        self.answer = answer
-        self.received: list[Delivery] = []
-
-    async def deliver(self, deliveries: Sequence[Delivery]) -> list[Outcome]:
-        self.received.extend(deliveries)
-        return [Outcome(self.answer(d.session_id), 0.001) for d in deliveries]
-
-
-def upstream(request: httpx.Request) -> httpx.Response:
-    session_id = request.url.path.rsplit("/", 1)[-1]
-    if "missing" in session_id:
-        return httpx.Response(404, json={"message": "Not Found"})
-    if "flaky" in session_id:
-        return httpx.Response(503, headers={"Retry-After": "0"})
-    if "broken" in session_id:
-        return httpx.Response(200, content=b'{"id": "%s"}' % session_id.encode())
-    if "locked" in session_id:
-        return httpx.Response(401, json={"message": "Unauthorized"})
-    return httpx.Response(200, content=orjson.dumps(make_session(session_id)))
 
 
 def run(
-    redis_url: str, use: Callable[[Pipeline], Coroutine[Any, Any, T]], sinks: Sequence[Sink]
+    redis_url: str,
+    use: Callable[[Pipeline], Coroutine[Any, Any, T]],
+    sinks: Sequence[Sink],
+    *,
+    handler: Handler = upstream,
 ) -> T:
-    async def main() -> T:
-        client = aioredis.Redis.from_url(redis_url)
-        http = HttpSession(httpx.MockTransport(upstream), httpx.Timeout(1))
-        pipeline = Pipeline(
-            funnelfox=FunnelFoxClient(http, api_url="http://ff.test/v1", secret=SecretStr("s_1")),
-            sinks={sink.name: sink for sink in sinks},
-            state=DeliveryState(client, dedupe_ttl_s=60, claim_ttl_s=5),
-            dead_letters=DeadLetters(client),
-            policy=POLICY,
-            claim_wait_s=0.2,
-            now=lambda: datetime(2026, 1, 1, tzinfo=UTC),
-        )
-        try:
-            return await use(pipeline)
-        finally:
-            await client.aclose()
-            await http.aclose()
-
-    return asyncio.run(main())
-
-
-def ok(_: str) -> None:
-    return None
-
-
-def dead_letters(redis_url: str) -> dict[str, dict[str, Any]]:
-    client = redis.Redis.from_url(redis_url)
-    records = {k.decode(): orjson.loads(v) for k, v in client.hgetall("ffe:dlq").items()}
-    client.close()
-    return records
+    """What ``use`` returns from a pipeline on a fixed clock that waits 0.2 s for a claim."""
+    return run_pipeline(redis_url, sinks, use, handler, claim_wait_s=0.2, now=fixed_clock)
 
 
 def test_fetch_builds_one_payload_for_every_sink(redis_url: str) -> None:

@@ -7,7 +7,6 @@ import asyncio
 import json
 from collections import Counter
 from collections.abc import Callable, Coroutine, Sequence
-from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 import httpx
@@ -16,43 +15,24 @@ import orjson
 import pytest
 import redis
 import redis.asyncio as aioredis
-from pydantic import SecretStr
+from pipelines import RecordingSink, fixed_clock, run_pipeline
 
 from config.destinations import Filters
 from worker import errors, pipeline
 from worker.cli.dlq import plan_replay
 from worker.conversions import Conversion
-from worker.deadletters import DeadLetters
 from worker.enrichments import EnrichmentCache, decode
-from worker.fetch import FunnelFoxClient
-from worker.http import HttpSession
 from worker.keys import delivered_key, enriched_key
 from worker.pipeline import Pipeline
-from worker.retry import RetryPolicy
 from worker.schema import PUBLISHED_EVERY_TYPE
-from worker.sinks.base import Delivery, Outcome, Sink
-from worker.state import DeliveryState
+from worker.sinks.base import Sink
 from worker.work import Work
 from workshop.sessions import make_session
 
 T = TypeVar("T")
-POLICY = RetryPolicy(base_s=0.01, max_s=0.1, max_attempts=3)
 COMPLETION = {"event_id": "evt_done", "type": "onboarding.completed"}
 MAX_BODY_BYTES = 64 * 1024  # FUNNELFOX_MAX_BODY_BYTES; the simulator's sessions are ~3 kB
 EVERY_TYPE = jsonschema.Draft202012Validator(json.loads(PUBLISHED_EVERY_TYPE.read_text()))
-
-
-class RecordingSink(Sink):
-    def __init__(
-        self, name: str, answer: Callable[[Delivery], errors.StageError | None] = lambda _: None
-    ) -> None:
-        self.name = name
-        self.answer = answer
-        self.received: list[Delivery] = []
-
-    async def deliver(self, deliveries: Sequence[Delivery]) -> list[Outcome]:
-        self.received.extend(deliveries)
-        return [Outcome(self.answer(d), 0.001) for d in deliveries]
 
 
 class FunnelFox:
@@ -83,30 +63,19 @@ def run(
     *,
     keep_s: int | None = 60,
 ) -> T:
-    async def main() -> T:
-        client = aioredis.Redis.from_url(redis_url)
-        http = HttpSession(httpx.MockTransport(funnelfox), httpx.Timeout(1))
-        built = Pipeline(
-            funnelfox=FunnelFoxClient(
-                http,
-                api_url="http://ff.test/v1",
-                secret=SecretStr("s_1"),
-                max_body_bytes=MAX_BODY_BYTES,
-            ),
-            sinks={sink.name: sink for sink in sinks},
-            state=DeliveryState(client, dedupe_ttl_s=60, claim_ttl_s=5),
-            dead_letters=DeadLetters(client),
-            policy=POLICY,
-            enrichments=None if keep_s is None else EnrichmentCache(client, ttl_s=keep_s),
-            now=lambda: datetime(2026, 1, 1, tzinfo=UTC),
-        )
-        try:
-            return await use(built)
-        finally:
-            await client.aclose()
-            await http.aclose()
-
-    return asyncio.run(main())
+    """What ``use`` returns from a pipeline that keeps enrichments ``keep_s`` (None: not at
+    all), on a fixed clock."""
+    return run_pipeline(
+        redis_url,
+        sinks,
+        use,
+        funnelfox,
+        max_body_bytes=MAX_BODY_BYTES,
+        with_client=lambda client: {
+            "enrichments": None if keep_s is None else EnrichmentCache(client, ttl_s=keep_s)
+        },
+        now=fixed_clock,
+    )
 
 
 def conversion(event_id: str, event_type: str, session_id: str | None, **data: Any) -> Work:
@@ -264,7 +233,7 @@ def test_a_conversion_is_its_own_unit_and_delivered_once(
 
 
 def test_a_conversions_dead_letter_replays_it_with_its_event(redis_url: str) -> None:
-    refusing = RecordingSink("webhook", lambda d: errors.SinkGone("webhook answered 410"))
+    refusing = RecordingSink("webhook", lambda _: errors.SinkGone("webhook answered 410"))
     work = conversion("evt_dead", "purchase.completed", None, price=5)
 
     async def fail(p: Pipeline) -> None:
