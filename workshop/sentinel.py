@@ -65,6 +65,16 @@ class Server:
             self._process.send_signal(signal.SIGKILL)
             self._process.wait(10)
 
+    def pause(self) -> None:
+        """SIGSTOP: it answers nothing, as a hung or overloaded host, until ``resume``."""
+        if self._process is not None:
+            self._process.send_signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        """SIGCONT after ``pause``."""
+        if self._process is not None:
+            self._process.send_signal(signal.SIGCONT)
+
     def stop(self) -> None:
         """SIGTERM, then SIGKILL if it lingers."""
         if self._process is None:
