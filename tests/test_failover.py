@@ -302,12 +302,27 @@ def test_a_failover_under_load_loses_no_accepted_session(
     finally:
         state.close()
 
-    # Flower follows too: it lists a task sent after the failover and reads the queues.
+    # Flower follows too: it lists a task sent after the failover and reads the queues. Task
+    # events are Redis pub/sub, so those sent while Flower reconnects (a second failover can
+    # come late) are never seen: a probe is sent, again, until Flower lists one.
     def flower_lists(session_id: str) -> bool:
         tasks = httpx.get(f"{flower_url}/api/tasks", auth=FLOWER_AUTH, timeout=5).json()
         return any(session_id in str(task.get("args")) for task in tasks.values())
 
-    flower_follows = wait_until(lambda: flower_lists(after.ids[0]), 30, interval_s=0.5)
+    probes: list[str] = []
+
+    def flower_lists_a_probe() -> bool:
+        probes.append(f"ses_flower_probe{len(probes) + 1:02d}")
+        run_cli(["enqueue", probes[-1]], env)
+        return wait_until(lambda: flower_lists(probes[-1]), 5, interval_s=0.5)
+
+    flower_follows = wait_until(flower_lists_a_probe, 60, interval_s=0)
+    failovers = cluster.failovers()
+    switches = [
+        line.split(":X ", 1)[-1]
+        for line in cluster.sentinels[0].tail(100_000).splitlines()
+        if "+switch-master" in line or "+odown master" in line
+    ]
     broker_page = httpx.get(f"{flower_url}/broker", auth=FLOWER_AUTH, timeout=10)
 
     webhook_ids: dict[str, set[str]] = defaultdict(set)
@@ -325,7 +340,7 @@ def test_a_failover_under_load_loses_no_accepted_session(
     figures = (
         f"\nfailover (REDIS_WAIT_REPLICAS={wait_replicas}, link {LINK_DELAY_MS} ms): "
         f"promoted {promoted_at - killed_at:.1f} s after the kill; "
-        f"primary changed {cluster.failovers()} time(s) in all; "
+        f"primary changed {failovers} time(s) in all; "
         f"web acknowledged nothing for {gap:.1f} s; "
         f"console during: exits {during.exits}, "
         f"done at +{(during.done_at or 0) - killed_at:.1f} s; "
@@ -337,7 +352,8 @@ def test_a_failover_under_load_loses_no_accepted_session(
         f"repeated deliveries (same webhook-id) {repeats}\n"
         f"  web refusals while failing over: {dict(refusals)}; acknowledgement before the kill "
         f"p50 {cuts[49] * 1000:.1f} ms, p99 {cuts[98] * 1000:.1f} ms over {len(before_kill)}; "
-        f"all {len(latencies)}"
+        f"all {len(latencies)}; Flower listed probe {len(probes)}"
+        + (f"\n  Sentinel: {switches}" if failovers > 1 else "")
     )
     with capsys.disabled():
         print(figures)
