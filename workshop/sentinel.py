@@ -44,10 +44,10 @@ class Server:
         """Whether its process is alive."""
         return self._process is not None and self._process.poll() is None
 
-    def start(self) -> None:
-        """Start it (not waiting for it to answer)."""
+    def start(self, *extra: str) -> None:
+        """Start it (not waiting for it to answer), with ``extra`` arguments this time."""
         self._process = subprocess.Popen(  # noqa: S603 - our own argv, no shell
-            [redis_server_binary(), *self._argv, "--logfile", str(self.log)],
+            [redis_server_binary(), *self._argv, *extra, "--logfile", str(self.log)],
             cwd=self.directory,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
@@ -145,12 +145,15 @@ class SentinelCluster:
     ``replication_delay_ms``, replicas replicate through a ``DelayProxy`` that dies with the
     primary: a standby on another host, whose last writes in flight a crash loses.
 
-    With ``persistent``, every data node keeps an append-only file (``appendfsync always``),
-    as the compose file's do, so a node restarted after a kill comes back with its data.
-    Without it a restarted node comes back empty, which is only safe when nothing restarts
-    it: the Sentinels count a replica that has never synced as up to date, so if they fail
-    over again before it has synced, they promote the empty node and the others resync from
-    it, wiping every key (Redis's replication docs warn against exactly this setup).
+    With ``persistent``, every data node keeps an append-only file, so a node restarted after
+    a kill comes back with its data. Without it a restarted node comes back empty, which is
+    only safe when nothing restarts it: the Sentinels count a replica that has never synced
+    as up to date, so if they fail over again before it has synced, they promote the empty
+    node and the others resync from it, wiping every key (Redis's replication docs warn
+    against exactly this setup). ``appendfsync everysec``, not compose's ``always``: what a
+    killed process wrote is in the kernel's cache either way, and an fsync on each write
+    can stall a node past the Sentinels' 1 s down-after on this shared disk, which they
+    answer with a failover.
     """
 
     def __init__(
@@ -170,7 +173,7 @@ class SentinelCluster:
         self.quorum = quorum
         self.down_after_ms = down_after_ms
         self.failover_timeout_ms = failover_timeout_ms
-        aof = ["yes", "--appendfsync", "always"] if persistent else ["no"]
+        aof = ["yes", "--appendfsync", "everysec"] if persistent else ["no"]
         common = ["--bind", HOST, "--save", "", "--appendonly", *aof, *data_args]
         # A replica syncs at once rather than after the default 5 s wait for others to join.
         common += ["--maxmemory-policy", "noeviction", "--repl-diskless-sync-delay", "0"]
@@ -297,6 +300,13 @@ class SentinelCluster:
                 link.cut()
         primary.kill()
         return primary
+
+    def rejoin(self, server: Server) -> None:
+        """Start a killed data node again as a replica of the primary the Sentinels name, as
+        compose's replica start script does: restarted as a primary, it would serve its old
+        data as one until the Sentinels reconfigure it (up to ten seconds), and a failover
+        in that window would promote it and lose every write since its kill."""
+        server.start("--replicaof", HOST, str(self.primary_port()))
 
     def wait_for_new_primary(self, old: Server, timeout_s: float = 30.0) -> Server:
         """Once every live Sentinel names another primary and it says it is one: that node."""
