@@ -19,7 +19,8 @@ import time
 from collections import Counter
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+from tests.processes import ROOT
+
 FIGURES = re.compile(
     r"failover \(REDIS_WAIT_REPLICAS=(?P<mode>\d).*?primary changed (?P<failovers>\d+) time"
     r".*?accepted (?P<accepted>\d+).*?dead-lettered (?P<dead>\d+), lost (?P<lost>\d+)",

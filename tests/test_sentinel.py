@@ -15,7 +15,7 @@ import httpx
 import pytest
 import redis
 from conftest import FOX_SECRET
-from processes import run_cli, wait_until
+from processes import run_cli
 from pydantic import SecretStr
 from test_ingress import AUTH, WEBHOOK, LiveServer, event, queued_ids
 
@@ -34,21 +34,9 @@ from worker.redis_clients import (
     wait_for_replicas_sync,
 )
 from worker.work import Work
-from workshop.sentinel import SentinelCluster
+from workshop.sentinel import SentinelCluster, wait_for
 
 pytestmark = [pytest.mark.sentinel]
-
-
-def answers(condition: Callable[[], bool]) -> Callable[[], bool]:
-    """``condition``, false while a node or a Sentinel does not answer yet."""
-
-    def checked() -> bool:
-        try:
-            return condition()
-        except (redis.RedisError, RuntimeError):
-            return False
-
-    return checked
 
 
 def until_it_works(call: Callable[[], object], timeout_s: float = 20) -> float:
@@ -249,9 +237,7 @@ def test_a_second_failover_soon_after_a_restart_keeps_the_data_only_if_persisten
         old.start()  # as its supervisor would
         new.pause()  # before the Sentinels have made the restarted node its replica
         try:
-            assert wait_until(answers(lambda: cluster.primary_port() == old.port), 30), (
-                cluster.logs()
-            )
+            wait_for(lambda: cluster.primary_port() == old.port, 30, cluster.logs)
         finally:
             new.resume()
 
@@ -260,7 +246,7 @@ def test_a_second_failover_soon_after_a_restart_keeps_the_data_only_if_persisten
                 info = client.info("replication")
             return bool(info["role"] == "slave" and info["master_link_status"] == "up")
 
-        assert wait_until(answers(resynced), 30), cluster.logs()
+        wait_for(resynced, 30, cluster.logs)
         assert cluster.failovers() == 2
         for node in (old, new):
             with node.client() as client:

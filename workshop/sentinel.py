@@ -124,7 +124,12 @@ def _primary_port(sentinel: Server) -> int:
     return int(address[1])
 
 
-def _wait(condition: Callable[[], bool], timeout_s: float, what: str) -> None:
+def wait_for(
+    condition: Callable[[], bool], timeout_s: float, what: str | Callable[[], str]
+) -> None:
+    """Poll ``condition`` until it holds, counting a node or a Sentinel that does not answer
+    yet as not holding; TimeoutError with ``what`` (called then, if a callable: the servers'
+    logs as they are at the deadline) once ``timeout_s`` passed."""
     deadline = time.monotonic() + timeout_s
     while True:
         try:
@@ -133,7 +138,7 @@ def _wait(condition: Callable[[], bool], timeout_s: float, what: str) -> None:
         except (redis.RedisError, OSError):
             pass
         if time.monotonic() > deadline:
-            raise TimeoutError(what)
+            raise TimeoutError(what if isinstance(what, str) else what())
         time.sleep(0.05)
 
 
@@ -229,16 +234,16 @@ class SentinelCluster:
         for server in self.data:
             server.start()
         primary, replicas = self.data[0], self.data[1:]
-        _wait(partial(_answers, primary), timeout_s, "the primary did not start")
+        wait_for(partial(_answers, primary), timeout_s, "the primary did not start")
         for replica in replicas:
-            _wait(partial(_synced, replica), timeout_s, f"{replica.name} did not sync")
+            wait_for(partial(_synced, replica), timeout_s, f"{replica.name} did not sync")
         # After a diskless sync the primary streams nothing new until the replica's first
         # acknowledgement (up to a second later): a write in between dies with the primary.
-        _wait(partial(_streaming, primary, len(replicas)), timeout_s, "replication is not on")
+        wait_for(partial(_streaming, primary, len(replicas)), timeout_s, "replication is not on")
         for sentinel in self.sentinels:
             sentinel.start()
         for sentinel in self.sentinels:
-            _wait(
+            wait_for(
                 partial(_sees, sentinel, len(replicas), len(self.sentinels) - 1),
                 timeout_s,
                 f"{sentinel.name} never saw everyone",
@@ -319,13 +324,24 @@ class SentinelCluster:
                 info: dict[str, Any] = client.info("replication")
             return bool(info["role"] == "master")
 
-        _wait(promoted, timeout_s, "the Sentinels did not promote a replica:\n" + self.logs())
+        wait_for(
+            promoted, timeout_s, lambda: "the Sentinels did not promote a replica:\n" + self.logs()
+        )
         return self.primary()
 
     def failovers(self) -> int:
         """How many times the primary has changed, as the Sentinels logged it (the most any
         one of them saw)."""
         return max(s.tail(100_000).count("+switch-master") for s in self.sentinels)
+
+    def failover_events(self) -> list[str]:
+        """The first Sentinel's log lines saying a primary was down or replaced, with their
+        times (for a test's message when the primary changed more than once)."""
+        return [
+            line.split(":X ", 1)[-1]
+            for line in self.sentinels[0].tail(100_000).splitlines()
+            if "+switch-master" in line or "+odown master" in line
+        ]
 
     def logs(self, lines: int = 15) -> str:
         """The end of every server's log."""
